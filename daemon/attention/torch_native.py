@@ -1,0 +1,72 @@
+"""Reference attention backend: gathers each request's K/V from the pool and calls SDPA.
+
+Runs on any device. Ragged requests are padded to the longest one with a mask, so a step
+costs one SDPA call per layer whatever the batch size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from vlmctl.daemon.attention.base import AttentionBackend, AttentionInputs
+
+
+class TorchNativeBackend(AttentionBackend):
+    name = "torch_native"
+
+    def plan(self, inputs: AttentionInputs) -> None:
+        self.inputs = inputs
+        device = inputs.rows.device
+        num_requests = len(inputs.q_lens)
+        max_kv = max(inputs.kv_lens)
+        # The first prefill of a lone request needs no pool read: its keys are all fresh.
+        self.fresh_causal = num_requests == 1 and inputs.prefix_lens[0] == 0
+        if self.fresh_causal:
+            return
+        self.kv_index = inputs.req_to_token[inputs.rows, :max_kv]  # [B, max_kv]
+        key_pos = torch.arange(max_kv, device=device)
+        if inputs.is_decode:
+            self.q_index = None
+            self.mask = (key_pos[None, :] < inputs.kv_lens_t[:, None])[:, None, None, :]
+            return
+        max_q = max(inputs.q_lens)
+        q_lens = torch.tensor(inputs.q_lens, device=device)
+        prefix = torch.tensor(inputs.prefix_lens, device=device)
+        starts = torch.cumsum(q_lens, 0) - q_lens
+        q_pos = torch.arange(max_q, device=device)
+        valid = q_pos[None, :] < q_lens[:, None]  # [B, max_q]
+        self.q_valid = valid
+        self.q_index = (starts[:, None] + q_pos[None, :]).clamp(max=int(q_lens.sum()) - 1)
+        causal = key_pos[None, None, :] <= (prefix[:, None, None] + q_pos[None, :, None])
+        mask = causal & (key_pos[None, None, :] < inputs.kv_lens_t[:, None, None])
+        # Padded query rows attend to key 0 so that no row is fully masked (NaN); they are
+        # dropped afterwards.
+        mask[:, :, 0] |= ~valid
+        self.mask = mask[:, None]  # [B, 1, max_q, max_kv]
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int, scale: float
+    ) -> torch.Tensor:
+        k_buf, v_buf = self.pool.k_buffers[layer_id], self.pool.v_buffers[layer_id]
+        k_buf[self.inputs.out_slots] = k
+        v_buf[self.inputs.out_slots] = v
+        gqa = q.shape[1] != k.shape[1]
+        if self.fresh_causal:
+            out = F.scaled_dot_product_attention(
+                q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
+                is_causal=True, scale=scale, enable_gqa=gqa,
+            )
+            return out[0].transpose(0, 1)
+        keys = k_buf[self.kv_index].transpose(1, 2)  # [B, Hkv, max_kv, D]
+        values = v_buf[self.kv_index].transpose(1, 2)
+        if self.q_index is None:  # decode: one query per request
+            queries = q[:, :, None, :]  # [B, Hq, 1, D]
+        else:
+            queries = q[self.q_index].transpose(1, 2)  # [B, Hq, max_q, D]
+        out = F.scaled_dot_product_attention(
+            queries, keys, values, attn_mask=self.mask, scale=scale, enable_gqa=gqa
+        )
+        if self.q_index is None:
+            return out[:, :, 0, :]
+        return out.transpose(1, 2)[self.q_valid]

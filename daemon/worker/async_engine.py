@@ -1,0 +1,143 @@
+"""AsyncEngine: prompts and images in, streamed text out. What the daemon builds on.
+
+Tokenization and image preprocessing run in a thread pool so the event loop never blocks;
+the engine process does the rest; detokenization and stop strings happen here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from vlmctl.daemon.engine.sampling_params import InvalidRequest, SamplingParams
+from vlmctl.daemon.frontend.detokenizer import IncrementalDetokenizer
+from vlmctl.daemon.frontend.processor import InputProcessor
+from vlmctl.daemon.worker.client import EngineClient
+from vlmctl.daemon.worker.config import EngineConfig
+from vlmctl.daemon.worker.messages import EngineInfo, TokenizedRequest
+
+
+class EngineError(RuntimeError):
+    """A request failed inside the engine (not the user's fault)."""
+
+
+@dataclass(slots=True)
+class RequestOutput:
+    """The state of one request after a step. `text` and `token_ids` are cumulative;
+    `delta` is the text added by this step."""
+
+    request_id: str
+    text: str = ""
+    delta: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None  # "stop" | "length" | "abort"
+    matched_stop: str | int | None = None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    logprobs: list[float] | None = None
+    top_logprobs: list[list[tuple[int, float]]] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+class AsyncEngine:
+    def __init__(self, config: EngineConfig, preprocess_workers: int = 4) -> None:
+        self.config = config
+        self.client = EngineClient(config)
+        self.processor: InputProcessor | None = None
+        self._pool = ThreadPoolExecutor(preprocess_workers, thread_name_prefix="vlmctl-preprocess")
+
+    @property
+    def info(self) -> EngineInfo | None:
+        return self.client.info
+
+    async def start(self) -> EngineInfo:
+        loop = asyncio.get_running_loop()
+        info = await self.client.start()
+        self.processor = await loop.run_in_executor(
+            self._pool, InputProcessor, info.model_path, self.config.tokenizer
+        )
+        return info
+
+    async def tokenize(
+        self, prompt: str | Sequence[int], images: Sequence[object] = (), params: SamplingParams | None = None,
+        request_id: str | None = None,
+    ) -> TokenizedRequest:
+        """Validate and preprocess a request (raises InvalidRequest / ImageError)."""
+        assert self.processor is not None, "start() the engine first"
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._pool, self.processor.process, request_id or uuid.uuid4().hex, prompt, list(images),
+            params or SamplingParams(),
+        )
+
+    async def stream(
+        self, prompt: str | Sequence[int] | TokenizedRequest, images: Sequence[object] = (),
+        params: SamplingParams | None = None, request_id: str | None = None,
+    ) -> AsyncIterator[RequestOutput]:
+        """Yield a RequestOutput per step until the request finishes.
+
+        Raises InvalidRequest for inputs a user got wrong (before anything is generated),
+        EngineError if the request fails inside the engine, EngineDeadError if the engine
+        process dies. Closing the iterator early aborts the request.
+        """
+        if isinstance(prompt, TokenizedRequest):
+            tokenized = prompt
+        else:
+            tokenized = await self.tokenize(prompt, images, params, request_id)
+        params = tokenized.params
+        assert self.processor is not None
+        detok = IncrementalDetokenizer(self.processor.tokenizer, params.stop, params.skip_special_tokens)
+        state = RequestOutput(tokenized.request_id)
+        if params.logprobs or params.top_logprobs:
+            state.logprobs = []
+            state.top_logprobs = [] if params.top_logprobs else None
+        async for out in self.client.generate(tokenized):
+            if out.error is not None:
+                if out.error_kind == "invalid":
+                    raise InvalidRequest(out.error)
+                raise EngineError(out.error)
+            state.prompt_tokens, state.cached_tokens = out.prompt_tokens, out.cached_tokens
+            state.token_ids.extend(out.token_ids)
+            if state.logprobs is not None and out.logprobs:
+                state.logprobs.extend(out.logprobs)
+            if state.top_logprobs is not None and out.top_logprobs:
+                state.top_logprobs.extend(out.top_logprobs)
+            finish = out.finish_reason
+            state.delta = detok.add(out.token_ids, final=finish is not None)
+            state.text = detok.text
+            if detok.stopped:
+                # Leaving the generator aborts the request in the engine.
+                state.finish_reason, state.matched_stop = "stop", detok.matched_stop
+                yield state
+                return
+            if finish is not None:
+                state.finish_reason = finish
+                last = state.token_ids[-1] if state.token_ids else None
+                if finish == "stop" and last is not None:
+                    state.matched_stop = last
+            yield state
+
+    async def generate(
+        self, prompt: str | Sequence[int] | TokenizedRequest, images: Sequence[object] = (),
+        params: SamplingParams | None = None, request_id: str | None = None,
+    ) -> RequestOutput:
+        """The final RequestOutput of a request."""
+        final = None
+        async for output in self.stream(prompt, images, params, request_id):
+            final = output
+        assert final is not None
+        return final
+
+    async def shutdown(self) -> None:
+        await self.client.shutdown()
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,98 @@
+"""Messages between the caller (front process) and the engine process.
+
+Small frozen dataclasses sent over a multiprocessing pipe. Pixel tensors ride along as
+torch tensors: torch's pickler moves their storage to shared memory instead of copying it
+through the pipe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from vlmctl.daemon.engine.sampling_params import SamplingParams
+from vlmctl.daemon.engine.stats import StepStats
+
+
+@dataclass(frozen=True, slots=True)
+class ImageSpan:
+    """One image of a prompt: its tokens are `input_ids[offset : offset + num_tokens]`."""
+
+    offset: int
+    num_tokens: int
+    pixel_values: Any  # torch.Tensor [3, H, W] as the image processor made it
+    image_hash: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokenizedRequest:
+    request_id: str
+    input_ids: list[int]
+    params: SamplingParams
+    images: list[ImageSpan] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class AbortRequest:
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class InjectFault:
+    """Test hook: the next step that runs `request_id` raises inside the model runner."""
+
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class EngineInfo:
+    """What the engine process reports once the model is loaded."""
+
+    model_path: str
+    architecture: str
+    device: str
+    dtype: str
+    context_len: int
+    num_slots: int
+    max_running_requests: int
+    vocab_size: int
+    eos_token_ids: tuple[int, ...]
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class EngineReady:
+    info: EngineInfo
+
+
+@dataclass(frozen=True, slots=True)
+class EngineFailed:
+    """The engine could not start (or died); `message` says why."""
+
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokenOutput:
+    """What one request got from one step (at most one new token)."""
+
+    request_id: str
+    token_ids: list[int]
+    logprobs: list[float] | None = None
+    top_logprobs: list[list[tuple[int, float]]] | None = None
+    finish_reason: str | None = None
+    error: str | None = None
+    error_kind: str | None = None  # "invalid" for a user's mistake, else an internal error
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutputs:
+    outputs: list[TokenOutput]
+    stats: StepStats | None = None

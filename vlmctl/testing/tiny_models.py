@@ -1,0 +1,162 @@
+"""Tiny random-weight checkpoints of the families we serve, built offline in a second.
+
+Used by the tests and the benchmarks: a byte-level BPE tokenizer trained here on synthetic
+sentences, a transformers model with random weights saved with `save_pretrained`, and the
+model's image processor, so that both transformers and vlmctl load the same folder.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+IMAGE_TOKEN = "<image>"
+SPECIAL_TOKENS = ["<s>", "</s>", "<unk>", "<pad>", IMAGE_TOKEN]
+
+_COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white"]
+_SHAPES = ["circle", "square", "triangle", "star"]
+_WORDS = ["USER:", "ASSISTANT:", "What", "is", "in", "this", "image", "picture", "Describe", "the", "a",
+          "an", "and", "there", "Is", "How", "many", "shapes", "are", "left", "right", "of", "yes", "no",
+          "colour", "Are", "any", "differences", "between", "these", "two", "images", "?", ".", ","]
+
+
+def _sentences(count: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        words = [rng.choice(_WORDS + _COLOURS + _SHAPES) for _ in range(rng.randint(4, 14))]
+        out.append(" ".join(words))
+        out.append(f"A {rng.choice(_COLOURS)} {rng.choice(_SHAPES)} and a {rng.choice(_COLOURS)} "
+                   f"{rng.choice(_SHAPES)}.")
+    # A little unicode so multi-byte characters exist as tokens (detokenizer tests).
+    out += ["café naïve résumé", "日本語のテキスト", "emoji 🙂 🎨 ✓"] * 20
+    return out
+
+
+def build_tokenizer(vocab_size: int = 400):
+    """A byte-level BPE tokenizer with BOS/EOS and the image token as specials."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(_sentences(2000), trainer)
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+        extra_special_tokens={"image_token": IMAGE_TOKEN},
+    )
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Shape of a tiny LLaVA: vision tower kind, language model kind and sizes."""
+
+    vision: str = "clip"  # clip | siglip
+    text: str = "llama"  # llama | qwen2
+    image_size: int = 224
+    patch_size: int = 14
+    vision_hidden: int = 32
+    vision_layers: int = 3
+    text_hidden: int = 64
+    text_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    feature_layer: int = -2
+    strategy: str = "default"
+    max_positions: int = 2048
+    tie_word_embeddings: bool = False
+    seed: int = 0
+
+
+def _vision_config(spec: TinySpec):
+    from transformers import CLIPVisionConfig, SiglipVisionConfig
+
+    common = dict(
+        hidden_size=spec.vision_hidden, intermediate_size=spec.vision_hidden * 2,
+        num_hidden_layers=spec.vision_layers, num_attention_heads=4, image_size=spec.image_size,
+        patch_size=spec.patch_size,
+    )
+    if spec.vision == "clip":
+        return CLIPVisionConfig(**common, projection_dim=spec.vision_hidden)
+    return SiglipVisionConfig(**common, vision_use_head=False)
+
+
+def _text_config(spec: TinySpec, vocab_size: int, tokenizer):
+    from transformers import LlamaConfig, Qwen2Config
+
+    common = dict(
+        vocab_size=vocab_size, hidden_size=spec.text_hidden, intermediate_size=spec.text_hidden * 2,
+        num_hidden_layers=spec.text_layers, num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads, max_position_embeddings=spec.max_positions,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=spec.tie_word_embeddings,
+    )
+    if spec.text == "llama":
+        return LlamaConfig(**common)
+    return Qwen2Config(**common)
+
+
+def _image_processor(spec: TinySpec):
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    size = spec.image_size
+    if spec.vision == "clip":
+        return CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    return SiglipImageProcessorPil(size={"height": size, "width": size})
+
+
+def build_tiny_llava(path: str | Path, spec: TinySpec | None = None) -> Path:
+    """Write a tiny random LLaVA checkpoint (model, tokenizer, processor) to `path`."""
+    import torch
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    spec = spec or TinySpec()
+    path = Path(path)
+    tokenizer = build_tokenizer()
+    vocab_size = len(tokenizer)
+    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    config = LlavaConfig(
+        vision_config=_vision_config(spec),
+        text_config=_text_config(spec, vocab_size, tokenizer),
+        image_token_index=image_token_id,
+        vision_feature_select_strategy=spec.strategy,
+        vision_feature_layer=spec.feature_layer,
+        tie_word_embeddings=spec.tie_word_embeddings,
+    )
+    config.architectures = ["LlavaForConditionalGeneration"]
+    torch.manual_seed(spec.seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    _widen_init(model)
+    model.save_pretrained(path)
+    has_cls = spec.vision == "clip"
+    processor = LlavaProcessor(
+        image_processor=_image_processor(spec), tokenizer=tokenizer, patch_size=spec.patch_size,
+        vision_feature_select_strategy=spec.strategy, num_additional_image_tokens=int(has_cls),
+    )
+    processor.save_pretrained(path)
+    return path
+
+
+def _widen_init(model) -> None:
+    """Random init with a larger spread than transformers' default 0.02, so that logits are
+    far apart and greedy choices are not near-ties (which would make parity tests flaky)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(1234)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() >= 2:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.15)
+            elif name.endswith("bias"):
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
