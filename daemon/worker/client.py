@@ -82,7 +82,7 @@ class EngineClient:
         child.close()
         self._conn = Connection(parent.detach())
         # The engine takes our authkey so torch can hand tensors over through shared memory.
-        hello = (bytes(mp.current_process().authkey), self.config, logging.getLogger().getEffectiveLevel())
+        hello = (bytes(mp.current_process().authkey), self.config, self.config.log_level.upper())
         self._conn.send(hello)
         message = await self._loop.run_in_executor(None, self._wait_ready)
         if isinstance(message, EngineFailed):

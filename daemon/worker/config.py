@@ -24,6 +24,7 @@ class EngineConfig:
     random_seed: int | None = None
     decode_log_interval: int = 40
     load_timeout: float = 600.0
+    log_level: str = "info"  # of the engine process: debug | info | warning | error
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -38,5 +39,7 @@ class EngineConfig:
                 raise ValueError(f"{name} must be at least 1")
         if self.max_total_tokens is not None and self.max_total_tokens < 16:
             raise ValueError("max_total_tokens must be at least 16")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError(f"log_level must be debug, info, warning or error, not {self.log_level!r}")
         if self.context_length is not None and self.context_length < 2:
             raise ValueError("context_length must be at least 2")

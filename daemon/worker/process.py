@@ -32,7 +32,7 @@ def main(fd: int) -> None:
     engine_main(conn, config, log_level)
 
 
-def engine_main(conn: Connection, config: EngineConfig, log_level: int) -> None:
+def engine_main(conn: Connection, config: EngineConfig, log_level: str) -> None:
     """Load the model, report ready (or why not), then serve until told to stop."""
     logging.basicConfig(
         level=log_level, stream=sys.stderr, format="%(asctime)s [engine] %(levelname)s %(message)s"
