@@ -47,7 +47,7 @@ class StepStatsCollector:
         self.decode_log_interval = decode_log_interval
         self._num_decode_steps = 0
         self._decode_tokens_since_log = 0
-        self._last_decode_log = time.monotonic()
+        self._window_start: float | None = None
 
     def on_prefill(
         self,
@@ -73,16 +73,21 @@ class StepStatsCollector:
         )
 
     def on_decode(
-        self, *, num_generated: int, token_usage: float, num_tokens: int, num_running: int, num_queued: int
+        self, *, step_start: float, num_generated: int, token_usage: float, num_tokens: int, num_running: int,
+        num_queued: int,
     ) -> StepStats | None:
+        """`step_start` is the time.monotonic() at which this decode step began: throughput
+        is measured from the first decode step after the last record, so idle time between
+        bursts of requests does not count."""
         self._num_decode_steps += 1
+        if self._window_start is None:
+            self._window_start = step_start
         self._decode_tokens_since_log += num_generated
         if self._num_decode_steps % self.decode_log_interval:
             return None
-        now = time.monotonic()
-        elapsed = max(now - self._last_decode_log, 1e-9)
+        elapsed = max(time.monotonic() - self._window_start, 1e-9)
         throughput = self._decode_tokens_since_log / elapsed
-        self._last_decode_log = now
+        self._window_start = None
         self._decode_tokens_since_log = 0
         return StepStats(
             kind="decode",

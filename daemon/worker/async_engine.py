@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from vlmctl.daemon.engine.request import ContextTooLong
 from vlmctl.daemon.engine.sampling_params import InvalidRequest, SamplingParams
 from vlmctl.daemon.frontend.detokenizer import IncrementalDetokenizer
 from vlmctl.daemon.frontend.processor import InputProcessor
@@ -73,12 +74,19 @@ class AsyncEngine:
         request_id: str | None = None,
     ) -> TokenizedRequest:
         """Validate and preprocess a request (raises InvalidRequest / ImageError)."""
-        assert self.processor is not None, "start() the engine first"
+        assert self.processor is not None and self.info is not None, "start() the engine first"
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
+        tokenized = await loop.run_in_executor(
             self._pool, self.processor.process, request_id or uuid.uuid4().hex, prompt, list(images),
             params or SamplingParams(),
         )
+        num_tokens, context_len = len(tokenized.input_ids), self.info.context_len
+        if num_tokens >= context_len:
+            raise ContextTooLong(
+                f"the prompt has {num_tokens} tokens but the model's context is {context_len} tokens "
+                "(prompt plus output); shorten the prompt or use fewer images"
+            )
+        return tokenized
 
     async def stream(
         self, prompt: str | Sequence[int] | TokenizedRequest, images: Sequence[object] = (),
@@ -103,6 +111,8 @@ class AsyncEngine:
             state.top_logprobs = [] if params.top_logprobs else None
         async for out in self.client.generate(tokenized):
             if out.error is not None:
+                if out.error_kind == "context":
+                    raise ContextTooLong(out.error)
                 if out.error_kind == "invalid":
                     raise InvalidRequest(out.error)
                 raise EngineError(out.error)

@@ -8,9 +8,10 @@ request, so only the requests that fail on their own are failed; the others go o
 from __future__ import annotations
 
 import logging
+import time
 from typing import Protocol
 
-from vlmctl.daemon.engine.request import Request
+from vlmctl.daemon.engine.request import ContextTooLong, Request
 from vlmctl.daemon.engine.sampling_params import InvalidRequest
 from vlmctl.daemon.engine.scheduler import ForwardMode, ScheduledBatch, Scheduler
 from vlmctl.daemon.engine.stats import StepStats, StepStatsCollector
@@ -73,6 +74,7 @@ class EngineCore:
         self._faults.add(request_id)
 
     def step(self) -> StepOutputs | None:
+        step_start = time.monotonic()
         batch = self.scheduler.schedule()
         outputs = [self._final_output(r) for r in self.scheduler.take_finished_outside_step()]
         if batch is None:
@@ -107,7 +109,7 @@ class EngineCore:
         for request in finished.values():
             self._faults.discard(request.request_id)
             self.runner.release(request.request_id)
-        return StepOutputs(outputs, self._record(batch, num_running_before))
+        return StepOutputs(outputs, self._record(batch, num_running_before, step_start))
 
     def _execute(self, batch: ScheduledBatch) -> list[SampleLike | None]:
         try:
@@ -150,7 +152,7 @@ class EngineCore:
             cached_tokens=request.num_cached_tokens,
         )
 
-    def _record(self, batch: ScheduledBatch, num_running_before: int) -> StepStats | None:
+    def _record(self, batch: ScheduledBatch, num_running_before: int, step_start: float) -> StepStats | None:
         scheduler = self.scheduler
         usage = scheduler.kv.usage()
         if batch.mode is ForwardMode.PREFILL:
@@ -165,6 +167,7 @@ class EngineCore:
             )
         else:
             record = self.stats.on_decode(
+                step_start=step_start,
                 num_generated=len(batch.items),
                 token_usage=usage.usage,
                 num_tokens=usage.num_used,
@@ -178,6 +181,11 @@ class EngineCore:
 
 def reject_output(request_id: str, exc: Exception) -> TokenOutput:
     """The output for a request refused at admission."""
-    kind = "invalid" if isinstance(exc, InvalidRequest) else "internal"
+    if isinstance(exc, ContextTooLong):
+        kind = "context"
+    elif isinstance(exc, InvalidRequest):
+        kind = "invalid"
+    else:
+        kind = "internal"
     return TokenOutput(request_id=request_id, token_ids=[], finish_reason=None,
                        error=str(exc), error_kind=kind)

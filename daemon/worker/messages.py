@@ -87,7 +87,7 @@ class TokenOutput:
     top_logprobs: list[list[tuple[int, float]]] | None = None
     finish_reason: str | None = None
     error: str | None = None
-    error_kind: str | None = None  # "invalid" for a user's mistake, else an internal error
+    error_kind: str | None = None  # "context" / "invalid" for a user's mistake, else "internal"
     prompt_tokens: int = 0
     cached_tokens: int = 0
 
