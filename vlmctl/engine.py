@@ -55,8 +55,8 @@ class Engine:
         """Run every prompt concurrently through the engine; outputs in prompt order.
 
         A prompt is a string, or a mapping with "prompt" (string or token ids) and optional
-        "images" (PIL images, paths or bytes). Raises an InvalidRequest (a ValueError) before
-        generating anything if any prompt is malformed.
+        "images" (PIL images, paths or bytes). If any prompt is malformed, its InvalidRequest
+        (a ValueError) is raised and the other prompts are aborted.
         """
         if isinstance(prompts, (str, Mapping)):
             prompts = [prompts]
@@ -71,10 +71,21 @@ class Engine:
 
     async def _generate_all(self, prompts: list[Prompt], params: list[SamplingParams]) -> list[RequestOutput]:
         engine = self._engine
-        tokenized = await asyncio.gather(
-            *(engine.tokenize(*_split_prompt(p), sp) for p, sp in zip(prompts, params))
-        )
-        return list(await asyncio.gather(*(engine.generate(t) for t in tokenized)))
+
+        async def one(prompt: Prompt, sampling: SamplingParams) -> RequestOutput:
+            # Each request goes to the engine as soon as it is preprocessed, so the engine
+            # works while later images are still being decoded.
+            text, images = _split_prompt(prompt)
+            return await engine.generate(await engine.tokenize(text, images, sampling))
+
+        tasks = [asyncio.ensure_future(one(p, sp)) for p, sp in zip(prompts, params)]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()  # cancelling a request's stream aborts it in the engine
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
 
     def close(self) -> None:
         if self._closed:

@@ -25,6 +25,10 @@ class EngineConfig:
     decode_log_interval: int = 40
     load_timeout: float = 600.0
     log_level: str = "info"  # of the engine process: debug | info | warning | error
+    # Torch threads of the engine process on CPU. Default: all cores but one, which is left
+    # to the front process (tokenizing, images, streaming); oversubscribed cores stall
+    # every OpenMP barrier of a step.
+    cpu_threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -34,6 +38,8 @@ class EngineConfig:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, not {self.device!r}")
         if not 0.0 < self.mem_fraction_static < 1.0:
             raise ValueError("mem_fraction_static must be between 0 and 1")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ValueError("cpu_threads must be at least 1")
         for name in ("max_running_requests", "max_prefill_tokens", "decode_log_interval"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")

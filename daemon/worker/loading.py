@@ -78,6 +78,8 @@ def load_engine_core(config: EngineConfig) -> tuple[EngineCore, EngineInfo]:
     from transformers import AutoConfig
 
     device = torch.device(config.device)
+    if device.type == "cpu":
+        torch.set_num_threads(config.cpu_threads or max(1, (os.cpu_count() or 2) - 1))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA device")
     path = resolve_model_path(config.model)

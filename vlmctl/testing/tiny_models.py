@@ -75,15 +75,31 @@ class TinySpec:
     strategy: str = "default"
     max_positions: int = 2048
     tie_word_embeddings: bool = False
+    vision_heads: int = 4
+    text_intermediate: int | None = None  # default: 2 x text_hidden
+    vocab_size: int = 400
     seed: int = 0
+
+
+# Larger shapes for benchmarks (random weights; the tokenizer stays tiny).
+PRESETS: dict[str, TinySpec] = {
+    "tiny": TinySpec(),
+    # CLIP ViT-L/14-336 + a Llama of ~1.3 B parameters.
+    "small": TinySpec(image_size=336, vision_hidden=1024, vision_layers=24, vision_heads=16, text_hidden=2048,
+                      text_layers=16, num_heads=16, num_kv_heads=16, text_intermediate=5504, max_positions=4096),
+    # The shape of llava-1.5-7b-hf: CLIP ViT-L/14-336 + Llama-2-7B (vocabulary 32 k).
+    "7b": TinySpec(image_size=336, vision_hidden=1024, vision_layers=24, vision_heads=16, text_hidden=4096,
+                   text_layers=32, num_heads=32, num_kv_heads=32, text_intermediate=11008, max_positions=4096,
+                   vocab_size=32064),
+}
 
 
 def _vision_config(spec: TinySpec):
     from transformers import CLIPVisionConfig, SiglipVisionConfig
 
     common = dict(
-        hidden_size=spec.vision_hidden, intermediate_size=spec.vision_hidden * 2,
-        num_hidden_layers=spec.vision_layers, num_attention_heads=4, image_size=spec.image_size,
+        hidden_size=spec.vision_hidden, intermediate_size=spec.vision_hidden * 4 if spec.vision_hidden > 64 else 64,
+        num_hidden_layers=spec.vision_layers, num_attention_heads=spec.vision_heads, image_size=spec.image_size,
         patch_size=spec.patch_size,
     )
     if spec.vision == "clip":
@@ -95,7 +111,8 @@ def _text_config(spec: TinySpec, vocab_size: int, tokenizer):
     from transformers import LlamaConfig, Qwen2Config
 
     common = dict(
-        vocab_size=vocab_size, hidden_size=spec.text_hidden, intermediate_size=spec.text_hidden * 2,
+        vocab_size=vocab_size, hidden_size=spec.text_hidden,
+        intermediate_size=spec.text_intermediate or spec.text_hidden * 2,
         num_hidden_layers=spec.text_layers, num_attention_heads=spec.num_heads,
         num_key_value_heads=spec.num_kv_heads, max_position_embeddings=spec.max_positions,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -116,15 +133,19 @@ def _image_processor(spec: TinySpec):
     return SiglipImageProcessorPil(size={"height": size, "width": size})
 
 
-def build_tiny_llava(path: str | Path, spec: TinySpec | None = None) -> Path:
-    """Write a tiny random LLaVA checkpoint (model, tokenizer, processor) to `path`."""
+def build_tiny_llava(path: str | Path, spec: TinySpec | None = None, device: str = "cpu", dtype=None) -> Path:
+    """Write a random LLaVA checkpoint (model, tokenizer, processor) to `path`.
+
+    The vocabulary is the tokenizer's, or `spec.vocab_size` when that is larger (the extra
+    ids are never produced by the tokenizer but make the LM head realistically wide).
+    """
     import torch
     from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
     spec = spec or TinySpec()
     path = Path(path)
     tokenizer = build_tokenizer()
-    vocab_size = len(tokenizer)
+    vocab_size = max(len(tokenizer), spec.vocab_size)
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     config = LlavaConfig(
         vision_config=_vision_config(spec),
@@ -136,8 +157,14 @@ def build_tiny_llava(path: str | Path, spec: TinySpec | None = None) -> Path:
     )
     config.architectures = ["LlavaForConditionalGeneration"]
     torch.manual_seed(spec.seed)
-    model = LlavaForConditionalGeneration(config).eval()
-    _widen_init(model)
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype or torch.float32)
+    try:
+        with torch.device(device):
+            model = LlavaForConditionalGeneration(config).eval()
+    finally:
+        torch.set_default_dtype(default_dtype)
+    _scaled_init(model, spec.seed)
     model.save_pretrained(path)
     has_cls = spec.vision == "clip"
     processor = LlavaProcessor(
@@ -148,15 +175,19 @@ def build_tiny_llava(path: str | Path, spec: TinySpec | None = None) -> Path:
     return path
 
 
-def _widen_init(model) -> None:
-    """Random init with a larger spread than transformers' default 0.02, so that logits are
-    far apart and greedy choices are not near-ties (which would make parity tests flaky)."""
+def _scaled_init(model, seed: int) -> None:
+    """Weights ~ N(0, 1/fan_in): wider than transformers' default 0.02 on tiny models, so
+    logits are far apart and greedy choices are not near-ties (parity tests stay stable),
+    and still well-scaled on large ones (no overflow in bfloat16)."""
+    import math
+
     import torch
 
-    generator = torch.Generator().manual_seed(1234)
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(1234 + seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if param.dim() >= 2:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.15)
+                fan_in = param[0].numel()
+                param.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=generator)
             elif name.endswith("bias"):
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+                param.normal_(0.0, 0.05, generator=generator)
