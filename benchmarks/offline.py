@@ -91,6 +91,18 @@ def timed(fn, device: str) -> tuple[float, object]:
     return best, result
 
 
+def measure_transformers(path, device, dtype, requests, single, batch_size, num_serial) -> tuple[float, float, float]:
+    """Seconds for: the single request, the first `num_serial` requests one by one, all
+    requests in static batches."""
+    hf = HFRunner(path, device, dtype)
+    hf.generate(requests[:1])  # warm-up
+    single_s, _ = timed(lambda: hf.generate(single), device)
+    serial_s, _ = timed(lambda: [hf.generate([r]) for r in requests[:num_serial]], device)
+    batches = [requests[i : i + batch_size] for i in range(0, len(requests), batch_size)]
+    static_s, _ = timed(lambda: [hf.generate(b) for b in batches], device)
+    return single_s, serial_s, static_s
+
+
 def run(args) -> dict:
     from vlmctl import Engine, SamplingParams
     from vlmctl.testing.tiny_models import PRESETS, build_tiny_llava
@@ -111,14 +123,12 @@ def run(args) -> dict:
     def params(length):
         return SamplingParams(max_tokens=length, temperature=0.0, ignore_eos=True)
 
-    hf = HFRunner(path, args.device, dtype)
-    hf.generate(requests[:1])  # warm-up
     single = [(requests[0][0], requests[0][1], 64)]
-    hf_single, _ = timed(lambda: hf.generate(single), args.device)
-    hf_serial, _ = timed(lambda: [hf.generate([r]) for r in requests], args.device)
-    batches = [requests[i : i + batch_size] for i in range(0, len(requests), batch_size)]
-    hf_static, _ = timed(lambda: [hf.generate(b) for b in batches], args.device)
-    del hf
+    num_serial = min(args.serial_requests or len(requests), len(requests))
+    serial_tokens = sum(r[2] for r in requests[:num_serial])
+    hf_single, hf_serial, hf_static = measure_transformers(
+        path, args.device, dtype, requests, single, batch_size, num_serial
+    )
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()
 
@@ -147,9 +157,10 @@ def run(args) -> dict:
         "output_lengths": "16-128 mixed" if args.mixed else "64",
         "total_tokens": total,
         "engine_tok_s": total / ours,
-        "hf_serial_tok_s": total / hf_serial,
+        "hf_serial_tok_s": serial_tokens / hf_serial,
+        "serial_requests": num_serial,
         "hf_static_tok_s": total / hf_static,
-        "ratio_vs_serial": hf_serial / ours,
+        "ratio_vs_serial": (total / ours) / (serial_tokens / hf_serial),
         "ratio_vs_static": hf_static / ours,
         "single_engine_s": ours_single,
         "single_hf_s": hf_single,
@@ -175,6 +186,8 @@ def main() -> None:
     parser.add_argument("--mixed", action="store_true", help="output lengths uniform in 16..128")
     parser.add_argument("--max-total-tokens", type=int, default=0)
     parser.add_argument("--cpu-threads", type=int, default=0, help="engine torch threads on CPU (default: cores - 1)")
+    parser.add_argument("--serial-requests", type=int, default=0, help="measure transformers one at a time on "
+                        "only the first N requests (its tokens/s; default: all)")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs for every timing")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
     args = parser.parse_args()
@@ -188,7 +201,8 @@ def main() -> None:
           f"{result['num_requests']} requests, batch {result['batch_size']}, output {result['output_lengths']}")
     print(f"{'':34}{'tok/s':>10}")
     print(f"{'vlmctl engine':34}{result['engine_tok_s']:>10.1f}")
-    print(f"{'transformers, one at a time':34}{result['hf_serial_tok_s']:>10.1f}")
+    serial_note = "" if result["serial_requests"] == result["num_requests"] else f" ({result['serial_requests']} requests)"
+    print(f"{'transformers, one at a time':34}{result['hf_serial_tok_s']:>10.1f}{serial_note}")
     print(f"{'transformers, static batches':34}{result['hf_static_tok_s']:>10.1f}")
     print(f"ratio (a) vs one at a time: {result['ratio_vs_serial']:.2f}x")
     print(f"ratio (b) vs static batches: {result['ratio_vs_static']:.2f}x")

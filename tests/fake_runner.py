@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vlmctl.daemon.engine.kv_cache import KVCacheManager
+from vlmctl.daemon.engine.sampling_params import SamplingParams
 from vlmctl.daemon.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 from vlmctl.daemon.worker.core import EngineCore
 from vlmctl.daemon.worker.messages import TokenizedRequest
-from vlmctl.daemon.engine.sampling_params import SamplingParams
 
 EOS = 0
 

@@ -10,7 +10,6 @@ import itertools
 
 import torch
 import torch.nn.functional as F
-
 from vlmctl.daemon.attention.base import AttentionBackend, AttentionInputs
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
 from vlmctl.daemon.engine.request import Request
 
 

@@ -124,13 +124,21 @@ def _text_config(spec: TinySpec, vocab_size: int, tokenizer):
 
 
 def _image_processor(spec: TinySpec):
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+    # The PIL processors need no torchvision (which cannot be installed beside some CPU
+    # torch builds); older transformers only have the classic classes.
+    try:
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil as CLIPProcessor
+        from transformers.models.siglip.image_processing_pil_siglip import (
+            SiglipImageProcessorPil as SiglipProcessor,
+        )
+    except ImportError:
+        from transformers import CLIPImageProcessor as CLIPProcessor
+        from transformers import SiglipImageProcessor as SiglipProcessor
 
     size = spec.image_size
     if spec.vision == "clip":
-        return CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-    return SiglipImageProcessorPil(size={"height": size, "width": size})
+        return CLIPProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    return SiglipProcessor(size={"height": size, "width": size})
 
 
 def build_tiny_llava(path: str | Path, spec: TinySpec | None = None, device: str = "cpu", dtype=None) -> Path:
