@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
-from vlmctl.daemon.frontend.detokenizer import IncrementalDetokenizer
 
+from vlmctl.daemon.frontend.detokenizer import IncrementalDetokenizer
 from vlmctl.testing.tiny_models import build_tokenizer
 
 

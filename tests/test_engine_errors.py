@@ -8,11 +8,11 @@ import signal
 
 import pytest
 from parity import noise_image, prompt_for
+
+from vlmctl import ContextTooLong, Engine, ImageError, InvalidRequest, SamplingParams
 from vlmctl.daemon.worker.async_engine import AsyncEngine, EngineError
 from vlmctl.daemon.worker.client import EngineDeadError, EngineStartError
 from vlmctl.daemon.worker.config import EngineConfig
-
-from vlmctl import ContextTooLong, Engine, ImageError, InvalidRequest, SamplingParams
 
 GREEDY = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
 

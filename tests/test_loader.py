@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig
+
 from vlmctl.daemon.models.loader import WeightsError, build_model, resolve_model_path
 from vlmctl.daemon.models.registry import UnsupportedModel, model_class
 

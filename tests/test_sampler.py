@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+
 from vlmctl.daemon.engine.request import Request
 from vlmctl.daemon.engine.sampling_params import InvalidRequest, SamplingParams
 from vlmctl.daemon.runner.sampler import Sampler

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from fake_runner import make_core, request, run_to_end
+
 from vlmctl.daemon.engine.kv_cache import KVCacheManager, OutOfSlots
 from vlmctl.daemon.engine.request import ContextTooLong
 from vlmctl.daemon.engine.scheduler import ForwardMode

@@ -10,6 +10,7 @@ import itertools
 
 import torch
 import torch.nn.functional as F
+
 from vlmctl.daemon.attention.base import AttentionBackend, AttentionInputs
 
 

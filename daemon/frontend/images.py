@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
+
 from vlmctl.daemon.engine.sampling_params import InvalidRequest
 
 # Pillow's own guard against decompression bombs, made an error instead of a warning.

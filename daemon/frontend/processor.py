@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+
 from vlmctl.daemon.engine.sampling_params import InvalidRequest, SamplingParams
 from vlmctl.daemon.frontend.images import load_image
 from vlmctl.daemon.worker.messages import ImageSpan, TokenizedRequest

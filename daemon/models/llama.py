@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
 from vlmctl.daemon.models.forward_batch import ForwardBatch
 from vlmctl.daemon.models.layers import GatedMLP, MergedLinear, RMSNorm, RotaryEmbedding
 

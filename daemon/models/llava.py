@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers.activations import ACT2FN
+
 from vlmctl.daemon.models.forward_batch import ForwardBatch, ImageBatch
 from vlmctl.daemon.models.llama import LlamaModel
 from vlmctl.daemon.models.qwen2 import Qwen2Model

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
 from vlmctl.daemon.models.layers import MergedLinear
 from vlmctl.daemon.models.registry import model_class
 

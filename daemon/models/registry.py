@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from torch import nn
+
 from vlmctl.daemon.models.llama import LlamaForCausalLM
 from vlmctl.daemon.models.llava import LlavaForConditionalGeneration
 from vlmctl.daemon.models.qwen2 import Qwen2ForCausalLM

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
 from vlmctl.daemon.models.layers import VisionEncoder
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
 from vlmctl.daemon.attention import AttentionInputs, create_backend
 from vlmctl.daemon.engine.scheduler import ForwardMode, ScheduledBatch, ScheduledRequest
 from vlmctl.daemon.models.forward_batch import ForwardBatch, ImageBatch

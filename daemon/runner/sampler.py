@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from vlmctl.daemon.engine.request import Request
 
 

@@ -28,7 +28,8 @@ class EngineError(RuntimeError):
 @dataclass(slots=True)
 class RequestOutput:
     """The state of one request after a step. `text` and `token_ids` are cumulative;
-    `delta` is the text added by this step."""
+    `delta` is the text added by this step. A stream yields the same object each step,
+    updated in place."""
 
     request_id: str
     text: str = ""
@@ -109,33 +110,41 @@ class AsyncEngine:
         if params.logprobs or params.top_logprobs:
             state.logprobs = []
             state.top_logprobs = [] if params.top_logprobs else None
-        async for out in self.client.generate(tokenized):
-            if out.error is not None:
-                if out.error_kind == "context":
-                    raise ContextTooLong(out.error)
-                if out.error_kind == "invalid":
-                    raise InvalidRequest(out.error)
-                raise EngineError(out.error)
-            state.prompt_tokens, state.cached_tokens = out.prompt_tokens, out.cached_tokens
-            state.token_ids.extend(out.token_ids)
-            if state.logprobs is not None and out.logprobs:
-                state.logprobs.extend(out.logprobs)
-            if state.top_logprobs is not None and out.top_logprobs:
-                state.top_logprobs.extend(out.top_logprobs)
-            finish = out.finish_reason
-            state.delta = detok.add(out.token_ids, final=finish is not None)
-            state.text = detok.text
-            if detok.stopped:
-                # Leaving the generator aborts the request in the engine.
-                state.finish_reason, state.matched_stop = "stop", detok.matched_stop
+        outputs = self.client.generate(tokenized)
+        try:
+            async for out in outputs:
+                if out.error is not None:
+                    if out.error_kind == "context":
+                        raise ContextTooLong(out.error)
+                    if out.error_kind == "invalid":
+                        raise InvalidRequest(out.error)
+                    raise EngineError(out.error)
+                self._update(state, out, detok)
                 yield state
-                return
-            if finish is not None:
-                state.finish_reason = finish
-                last = state.token_ids[-1] if state.token_ids else None
-                if finish == "stop" and last is not None:
-                    state.matched_stop = last
-            yield state
+                if state.finished:
+                    return
+        finally:
+            # Closing the client's stream before it finished (a stop string matched, or our
+            # caller left) aborts the request in the engine now, not at garbage collection.
+            await outputs.aclose()
+
+    @staticmethod
+    def _update(state: RequestOutput, out, detok: IncrementalDetokenizer) -> None:
+        state.prompt_tokens, state.cached_tokens = out.prompt_tokens, out.cached_tokens
+        state.token_ids.extend(out.token_ids)
+        if state.logprobs is not None and out.logprobs:
+            state.logprobs.extend(out.logprobs)
+        if state.top_logprobs is not None and out.top_logprobs:
+            state.top_logprobs.extend(out.top_logprobs)
+        finish = out.finish_reason
+        state.delta = detok.add(out.token_ids, final=finish is not None)
+        state.text = detok.text
+        if detok.stopped:
+            state.finish_reason, state.matched_stop = "stop", detok.matched_stop
+        elif finish is not None:
+            state.finish_reason = finish
+            if finish == "stop" and state.token_ids:
+                state.matched_stop = state.token_ids[-1]
 
     async def generate(
         self, prompt: str | Sequence[int] | TokenizedRequest, images: Sequence[object] = (),

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import torch
+
 from vlmctl.daemon.engine.kv_cache import KVCacheManager
 from vlmctl.daemon.engine.scheduler import Scheduler, SchedulerConfig
 from vlmctl.daemon.models.loader import build_model, resolve_model_path

@@ -38,6 +38,7 @@ def engine_main(conn: Connection, config: EngineConfig, log_level: str) -> None:
         level=log_level, stream=sys.stderr, format="%(asctime)s [engine] %(levelname)s %(message)s"
     )
     import torch.multiprocessing  # noqa: F401  (registers the tensor pickler for the pipe)
+
     from vlmctl.daemon.worker.loading import load_engine_core
 
     try:
