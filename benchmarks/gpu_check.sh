@@ -18,22 +18,24 @@ export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 cd "$site"
 python3 -c "import vlmctl.daemon.worker.loading" || { echo "vlmctl does not import"; exit 1; }
 
+echo "== build the small model (CLIP-L 336 + 1.3B Llama), bf16 (t=$(elapsed)s)"
+small=/tmp/vlmctl-small
+timeout 120 python3 -c "
+import torch
+from vlmctl.testing.tiny_models import PRESETS, build_tiny_llava
+build_tiny_llava('$small', PRESETS['small'], device='cuda', dtype=torch.bfloat16)
+" 2>"$out/build.err" || tail -5 "$out/build.err"
+
+echo "== decode step A/B (t=$(elapsed)s)"
+timeout 100 python3 "$repo/benchmarks/decode_step.py" --model "$small" --device cuda --dtype bfloat16 \
+  2>"$out/decode_step.err" | tee "$out/decode_step.txt"
+
 echo "== gpu tests (t=$(elapsed)s)"
-timeout 240 python3 -m pytest -q -m gpu "$repo/tests/test_gpu.py" --rootdir "$repo" -c "$repo/pyproject.toml" \
+timeout 150 python3 -m pytest -q -m gpu "$repo/tests/test_gpu.py" --rootdir "$repo" -c "$repo/pyproject.toml" \
   -p no:cacheprovider 2>&1 | tee "$out/gpu_tests.log" | tail -15
 
-echo "== tiny, bf16, mixed, batch 8 (t=$(elapsed)s)"
-timeout 120 python3 "$repo/benchmarks/offline.py" --device cuda --dtype bfloat16 --preset tiny --mixed --batch-size 8 \
-  --repeats 2 --json 2>"$out/bench_tiny.err" | tee -a "$out/bench.jsonl"
-
-echo "== small (CLIP-L + 1.3B Llama), bf16, 64 tokens, batch 32 (t=$(elapsed)s)"
-timeout 200 python3 "$repo/benchmarks/offline.py" --device cuda --dtype bfloat16 --preset small --batch-size 32 \
-  --serial-requests 8 --repeats 1 --json 2>"$out/bench_small.err" | tee -a "$out/bench.jsonl"
-
-if [ "$(elapsed)" -lt 300 ]; then
-  echo "== 7b shape, bf16, 64 tokens, batch 32 (t=$(elapsed)s)"
-  timeout 240 python3 "$repo/benchmarks/offline.py" --device cuda --dtype bfloat16 --preset 7b --batch-size 32 \
-    --serial-requests 2 --repeats 1 --json 2>"$out/bench_7b.err" | tee -a "$out/bench.jsonl"
-fi
-tail -3 "$out"/bench_*.err
+echo "== offline benchmark, small, 64 tokens, batch 32 (t=$(elapsed)s)"
+timeout 150 python3 "$repo/benchmarks/offline.py" --model "$small" --device cuda --dtype bfloat16 --batch-size 32 \
+  --serial-requests 4 --repeats 1 --json 2>"$out/bench_small.err" | tee -a "$out/bench.jsonl"
+for f in "$out"/*.err; do echo "-- $f"; tail -n 4 "$f"; done
 echo "done in $(elapsed)s"

@@ -10,18 +10,34 @@ import itertools
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from vlmctl.daemon.attention.base import AttentionBackend, AttentionInputs
 
 
 class TorchNativeBackend(AttentionBackend):
+    """On CUDA, padded key lengths are rounded up to `kv_bucket` and SDPA may not use
+    cuDNN: cuDNN attention builds an execution plan per new shape, and a decode step's
+    key length grows by one every step (seen on an H200: ~95 ms per step)."""
+
     name = "torch_native"
+    kv_bucket_cuda = 256
+
+    def __init__(self, pool) -> None:
+        super().__init__(pool)
+        device = pool.k_buffers[0].device
+        self.kv_bucket = self.kv_bucket_cuda if device.type == "cuda" else 1
+        self.sdpa_backends: list[SDPBackend] | None = None
+        if device.type == "cuda":
+            self.sdpa_backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
     def plan(self, inputs: AttentionInputs) -> None:
         self.inputs = inputs
         device = inputs.rows.device
         num_requests = len(inputs.q_lens)
-        max_kv = max(inputs.kv_lens)
+        # Keys past a request's length are masked, so rounding up changes no result.
+        bucket = self.kv_bucket
+        max_kv = min(-(-max(inputs.kv_lens) // bucket) * bucket, inputs.req_to_token.shape[1])
         # A prefill without cached prefixes needs no pool read: every key is fresh, and each
         # request runs causal SDPA on its own slice (the fast kernel; a mask forces the slow
         # math path on CPU).
@@ -54,6 +70,14 @@ class TorchNativeBackend(AttentionBackend):
         self.mask = mask[:, None]  # [B, 1, max_q, max_kv]
 
     def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int, scale: float
+    ) -> torch.Tensor:
+        if self.sdpa_backends is None:
+            return self._forward(q, k, v, layer_id, scale)
+        with sdpa_kernel(self.sdpa_backends):
+            return self._forward(q, k, v, layer_id, scale)
+
+    def _forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int, scale: float
     ) -> torch.Tensor:
         k_buf, v_buf = self.pool.k_buffers[layer_id], self.pool.v_buffers[layer_id]
