@@ -29,15 +29,20 @@ def _params(m):
     return SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True, logprobs=True)
 
 
-@pytest.mark.parametrize("model", ["tiny_llama_llava", "tiny_qwen_llava"])
-def test_cuda_float32_matches_transformers_token_for_token(model, request):
-    path = request.getfixturevalue(model)
-    reference = HFReference(path, device="cuda", dtype=torch.float32)
+def _engine_and_reference(path, dtype: str):
+    """The engine's outputs and transformers' greedy references for the same requests."""
+    reference = HFReference(path, device="cuda", dtype=getattr(torch, dtype))
     requests = _requests()
     refs = [reference.greedy(p, images, m) for p, images, m in requests]
-    with Engine(str(path), device="cuda", dtype="float32", max_total_tokens=8192) as engine:
+    with Engine(str(path), device="cuda", dtype=dtype, max_total_tokens=8192) as engine:
         outputs = engine.generate([{"prompt": p, "images": im} for p, im, _ in requests],
                                   [_params(m) for _, _, m in requests])
+    return outputs, refs
+
+
+@pytest.mark.parametrize("model", ["tiny_llama_llava", "tiny_qwen_llava"])
+def test_cuda_float32_matches_transformers_token_for_token(model, request):
+    outputs, refs = _engine_and_reference(request.getfixturevalue(model), "float32")
     for out, ref in zip(outputs, refs):
         assert out.token_ids == ref.token_ids
         assert max(abs(a - b) for a, b in zip(out.logprobs, ref.logprobs)) < 1e-4
@@ -45,13 +50,7 @@ def test_cuda_float32_matches_transformers_token_for_token(model, request):
 
 @pytest.mark.parametrize("model", ["tiny_llama_llava", "tiny_qwen_llava"])
 def test_cuda_bfloat16_chosen_token_logprobs_are_close(model, request):
-    path = request.getfixturevalue(model)
-    reference = HFReference(path, device="cuda", dtype=torch.bfloat16)
-    requests = _requests()
-    refs = [reference.greedy(p, images, m) for p, images, m in requests]
-    with Engine(str(path), device="cuda", dtype="bfloat16", max_total_tokens=8192) as engine:
-        outputs = engine.generate([{"prompt": p, "images": im} for p, im, _ in requests],
-                                  [_params(m) for _, _, m in requests])
+    outputs, refs = _engine_and_reference(request.getfixturevalue(model), "bfloat16")
     for out, ref in zip(outputs, refs):
         # bfloat16 rounding may flip a near-tie later on; up to the first difference the
         # tokens agree and their logprobs are close.

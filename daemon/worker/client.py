@@ -87,6 +87,8 @@ class EngineClient:
         message = await self._loop.run_in_executor(None, self._wait_ready)
         if isinstance(message, EngineFailed):
             self._dead = message.message
+            self._conn.close()
+            await self._loop.run_in_executor(None, self._reap)
             raise EngineStartError(f"the engine could not start: {message.message}")
         self.info = message.info
         threading.Thread(target=self._reader, name="vlmctl-engine-reader", daemon=True).start()
@@ -103,6 +105,15 @@ class EngineClient:
         except (EOFError, OSError):
             code = self._process.wait(5)
             return EngineFailed(f"the engine process exited during start-up (exit code {code})")
+
+    def _reap(self) -> None:
+        """Wait for a failed engine process to exit (killing it if it lingers)."""
+        assert self._process is not None
+        try:
+            self._process.wait(10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
 
     # ----- threads ------------------------------------------------------------------------
 
