@@ -40,13 +40,16 @@ def image_pad_id(pixel_values: torch.Tensor, vocab_size: int) -> tuple[int, int]
 class InputProcessor:
     """Tokenizer, image processor and the model's image-token arithmetic."""
 
-    def __init__(self, model_path: str | Path, tokenizer_path: str | Path | None = None) -> None:
+    def __init__(
+        self, model_path: str | Path, tokenizer_path: str | Path | None = None, max_image_pixels: int | None = None
+    ) -> None:
         from transformers import AutoConfig, AutoTokenizer
 
         self.hf_config = AutoConfig.from_pretrained(model_path)
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or model_path)
         text_config = getattr(self.hf_config, "text_config", None) or self.hf_config
         self.vocab_size = text_config.vocab_size
+        self.max_image_pixels = max_image_pixels
         self.multimodal = hasattr(self.hf_config, "vision_config")
         self.image_token_id: int | None = None
         self.image_token: str | None = None
@@ -81,6 +84,15 @@ class InputProcessor:
             raise InvalidRequest("this model takes no images (it is a text-only model)")
         return self._expand(request_id, input_ids, list(images), params)
 
+    def _downscale(self, image):
+        """Shrink (keeping the aspect ratio) to at most max_image_pixels before preprocessing."""
+        limit = self.max_image_pixels
+        if limit is None or image.width * image.height <= limit:
+            return image
+        scale = (limit / (image.width * image.height)) ** 0.5
+        size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
+        return image.resize(size, resample=3)  # bicubic
+
     def _expand(
         self, request_id: str, input_ids: list[int], images: list[object], params: SamplingParams
     ) -> TokenizedRequest:
@@ -90,7 +102,7 @@ class InputProcessor:
                 f"the prompt has {len(positions)} image token(s) {self.image_token!r} but "
                 f"{len(images)} image(s) were given; put the image token once per image"
             )
-        pil_images = [load_image(image) for image in images]
+        pil_images = [self._downscale(load_image(image)) for image in images]
         pixels = self.image_processor(images=pil_images, return_tensors="pt")["pixel_values"]
         expanded: list[int] = []
         spans: list[ImageSpan] = []

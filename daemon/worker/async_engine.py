@@ -52,8 +52,11 @@ class RequestOutput:
 
 
 class AsyncEngine:
-    def __init__(self, config: EngineConfig, preprocess_workers: int = 4) -> None:
+    def __init__(
+        self, config: EngineConfig, preprocess_workers: int = 4, max_image_pixels: int | None = None
+    ) -> None:
         self.config = config
+        self.max_image_pixels = max_image_pixels
         self.client = EngineClient(config)
         self.processor: InputProcessor | None = None
         self._pool = ThreadPoolExecutor(preprocess_workers, thread_name_prefix="vlmctl-preprocess")
@@ -63,11 +66,23 @@ class AsyncEngine:
         return self.client.info
 
     async def start(self) -> EngineInfo:
+        """Start the engine process and, meanwhile, load the tokenizer and image processor."""
+        from vlmctl.daemon.models.loader import resolve_model_path
+
         loop = asyncio.get_running_loop()
-        info = await self.client.start()
-        self.processor = await loop.run_in_executor(
-            self._pool, InputProcessor, info.model_path, self.config.tokenizer
+        path = await loop.run_in_executor(self._pool, resolve_model_path, self.config.model)
+        processor = loop.run_in_executor(
+            self._pool, InputProcessor, path, self.config.tokenizer, self.max_image_pixels
         )
+        try:
+            info = await self.client.start()
+        finally:
+            # Wait for the processor even when the engine failed, so no thread is left behind.
+            (result,) = await asyncio.gather(processor, return_exceptions=True)
+        if isinstance(result, BaseException):
+            await self.client.shutdown()
+            raise result
+        self.processor = result
         return info
 
     async def tokenize(

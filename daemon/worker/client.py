@@ -24,6 +24,7 @@ from vlmctl.daemon.worker.messages import (
     AbortRequest,
     EngineFailed,
     EngineInfo,
+    EngineLoad,
     EngineReady,
     InjectFault,
     Shutdown,
@@ -55,6 +56,7 @@ class EngineClient:
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
         self._dead: str | None = None
         self._stopping = False
+        self.load = EngineLoad()  # as of the engine's last message
 
     @property
     def pid(self) -> int | None:
@@ -91,6 +93,7 @@ class EngineClient:
             await self._loop.run_in_executor(None, self._reap)
             raise EngineStartError(f"the engine could not start: {message.message}")
         self.info = message.info
+        self.load = EngineLoad(num_total_tokens=message.info.num_slots)
         threading.Thread(target=self._reader, name="vlmctl-engine-reader", daemon=True).start()
         threading.Thread(target=self._writer, name="vlmctl-engine-writer", daemon=True).start()
         return self.info
@@ -153,6 +156,8 @@ class EngineClient:
     def _dispatch(self, message: object) -> None:
         if not isinstance(message, StepOutputs):
             return
+        if message.load is not None:
+            self.load = message.load
         for output in message.outputs:
             q = self._queues.get(output.request_id)
             if q is not None:

@@ -15,7 +15,7 @@ from vlmctl.daemon.engine.request import ContextTooLong, Request
 from vlmctl.daemon.engine.sampling_params import InvalidRequest
 from vlmctl.daemon.engine.scheduler import ForwardMode, ScheduledBatch, Scheduler
 from vlmctl.daemon.engine.stats import StepStats, StepStatsCollector
-from vlmctl.daemon.worker.messages import StepOutputs, TokenizedRequest, TokenOutput
+from vlmctl.daemon.worker.messages import EngineLoad, StepOutputs, TokenizedRequest, TokenOutput
 
 logger = logging.getLogger("vlmctl.engine")
 
@@ -78,7 +78,7 @@ class EngineCore:
         batch = self.scheduler.schedule()
         outputs = [self._final_output(r) for r in self.scheduler.take_finished_outside_step()]
         if batch is None:
-            return StepOutputs(outputs) if outputs else None
+            return StepOutputs(outputs, load=self.load()) if outputs else None
         num_running_before = len(self.scheduler.running) - (
             len(batch.items) if batch.mode is ForwardMode.PREFILL else 0
         )
@@ -109,7 +109,13 @@ class EngineCore:
         for request in finished.values():
             self._faults.discard(request.request_id)
             self.runner.release(request.request_id)
-        return StepOutputs(outputs, self._record(batch, num_running_before, step_start))
+        return StepOutputs(outputs, self._record(batch, num_running_before, step_start), self.load())
+
+    def load(self) -> EngineLoad:
+        scheduler = self.scheduler
+        return EngineLoad(
+            len(scheduler.running), len(scheduler.waiting), scheduler.num_tokens_in_use(), scheduler.kv.num_slots
+        )
 
     def _execute(self, batch: ScheduledBatch) -> list[SampleLike | None]:
         try:

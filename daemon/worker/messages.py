@@ -93,6 +93,21 @@ class TokenOutput:
 
 
 @dataclass(frozen=True, slots=True)
+class EngineLoad:
+    """The scheduler's counts after a step."""
+
+    num_running: int = 0
+    num_waiting: int = 0
+    num_used_tokens: int = 0
+    num_total_tokens: int = 0
+
+    @property
+    def token_usage(self) -> float:
+        return self.num_used_tokens / self.num_total_tokens if self.num_total_tokens else 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class StepOutputs:
     outputs: list[TokenOutput]
     stats: StepStats | None = None
+    load: EngineLoad | None = None

@@ -91,7 +91,7 @@ class EngineLoop:
             if not self.conn.poll(0):
                 break
         if rejected:
-            self.conn.send(StepOutputs(rejected))
+            self.conn.send(StepOutputs(rejected, load=self.core.load()))
 
 
 if __name__ == "__main__":
