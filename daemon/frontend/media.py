@@ -22,6 +22,8 @@ from aiohttp.abc import AbstractResolver
 
 from vlmctl.daemon.frontend.images import ImageError
 
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+_BASE64 = re.compile(r"[A-Za-z0-9+/=\s]+")
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I)
 
 
@@ -40,7 +42,7 @@ def decode_data_uri(uri: str, limits: MediaLimits) -> bytes:
     if match is None:
         raise ImageError("a data URI must look like data:image/png;base64,...")
     mime = (match.group("mime") or "").lower()
-    if mime and not mime.startswith("image/"):
+    if mime and not (mime.startswith("image/") or mime == "application/octet-stream"):
         raise ImageError(f"data URI of type {mime!r} is not an image")
     payload = uri[match.end() :]
     if not match.group("b64"):
@@ -122,9 +124,14 @@ class MediaFetcher:
         scheme = urlsplit(source).scheme.lower()
         if scheme in ("http", "https"):
             return await self._fetch_url(source)
-        if scheme in ("", "file"):
+        if scheme == "file" or source.lower().endswith(_IMAGE_SUFFIXES):
             return read_local(source, self.limits)
-        raise ImageError(f"unsupported image URL scheme {scheme!r}: use http(s), a data URI or a path")
+        if scheme == "" and _BASE64.fullmatch(source[:4096]):
+            # SGLang's image_data also takes bare base64.
+            return decode_data_uri("data:image/unknown;base64," + source, self.limits)
+        raise ImageError(
+            f"unsupported image source {source[:40]!r}: use an http(s) URL, a data URI, base64 or an image path"
+        )
 
     async def _fetch_url(self, url: str) -> bytes:
         limits = self.limits

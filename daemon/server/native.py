@@ -40,6 +40,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
     text, input_ids = field(body, "text", str), field(body, "input_ids", list)
     if (text is None) == (input_ids is None):
         raise bad("give exactly one of 'text' and 'input_ids'", "text")
+    if input_ids is not None and not all(isinstance(t, int) and not isinstance(t, bool) for t in input_ids):
+        raise bad("'input_ids' must be an array of integers", "input_ids")
     images = body.get("image_data") or []
     if isinstance(images, str):
         images = [images]
