@@ -283,6 +283,21 @@ def test_disconnect_mid_stream_frees_the_pool(daemon):
             assert re.search(r'vlmctl_requests_total\{[^}]*status="abort"\} [1-9]', other.get("/metrics").text)
 
 
+def abort_count(http) -> int:
+    found = re.findall(r'vlmctl_requests_total\{[^}]*status="abort"\} (\d+)', http.get("/metrics").text)
+    return int(found[0]) if found else 0
+
+
+def test_disconnect_mid_request_aborts_it(daemon):
+    body = ask(messages=[{"role": "user", "content": "Tell a long story."}], max_tokens=1500, ignore_eos=True)
+    with daemon.uds_client() as http:
+        before = abort_count(http)
+        with pytest.raises(httpx.TimeoutException):
+            http.post("/v1/chat/completions", json=body, timeout=0.5)
+        wait_pool_empty(http, timeout=5)
+        assert abort_count(http) == before + 1
+
+
 def test_metrics_parse_as_prometheus_text(daemon, client):
     client.chat.completions.create(**ask(messages=[{"role": "user", "content": "hi"}]))
     with daemon.uds_client() as http:

@@ -147,7 +147,10 @@ async def serve(config: ServerConfig) -> None:
     check_host(config)
     claim_socket(config.socket)
     state = ServerState(config)
-    runner = web.AppRunner(build_app(state), access_log=None, shutdown_timeout=config.shutdown_grace)
+    # handler_cancellation: a client that disconnects cancels its handler, which aborts its
+    # requests in the engine (aiohttp leaves handlers running by default).
+    runner = web.AppRunner(build_app(state), access_log=None, shutdown_timeout=config.shutdown_grace,
+                           handler_cancellation=True)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
