@@ -72,6 +72,29 @@ def test_sigterm_removes_the_socket(tiny_llama_llava, tmp_path):
         assert not daemon.socket.exists()
 
 
+def test_sigterm_lets_in_flight_requests_finish(tiny_llama_llava, tmp_path):
+    import threading
+
+    with running_daemon(tiny_llama_llava, tmp_path, port=False) as daemon:
+        result = {}
+
+        def request():
+            with daemon.uds_client() as http:
+                result["r"] = http.post("/generate", json={"text": "USER: hi ASSISTANT:", "sampling_params": {
+                    "max_new_tokens": 300, "ignore_eos": True}})
+
+        thread = threading.Thread(target=request)
+        thread.start()
+        with daemon.uds_client() as http:  # wait until the engine is generating for it
+            while http.get("/get_server_info").json()["num_running_reqs"] == 0:
+                pass
+        assert daemon.stop(signal.SIGTERM) == 0
+        thread.join(30)
+    response = result["r"]
+    assert response.status_code == 200
+    assert response.json()["meta_info"]["completion_tokens"] == 300
+
+
 def test_stale_socket_is_replaced(tiny_llama_llava, tmp_path):
     import socket
 

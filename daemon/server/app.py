@@ -13,15 +13,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from vlmctl.daemon.engine.request import ContextTooLong
-from vlmctl.daemon.engine.sampling_params import InvalidRequest
-from vlmctl.daemon.frontend.images import ImageError
 from vlmctl.daemon.server import native, openai
 from vlmctl.daemon.server.openapi import openapi_spec
-from vlmctl.daemon.server.protocol import APIError
+from vlmctl.daemon.server.protocol import APIError, to_api_error
 from vlmctl.daemon.server.state import ServerConfig, ServerState
-from vlmctl.daemon.worker.async_engine import EngineError
-from vlmctl.daemon.worker.client import EngineDeadError
 
 logger = logging.getLogger("vlmctl.server")
 
@@ -30,22 +25,6 @@ _OPEN_PATHS = {"/health"}
 
 class StartupError(RuntimeError):
     """The daemon cannot start; the message says why (printed as one line, exit 1)."""
-
-
-def to_api_error(exc: Exception) -> APIError:
-    if isinstance(exc, APIError):
-        return exc
-    if isinstance(exc, ContextTooLong):
-        return APIError(400, str(exc), param="messages", code="context_length_exceeded")
-    if isinstance(exc, ImageError):
-        return APIError(400, str(exc), param="messages", code="invalid_image")
-    if isinstance(exc, InvalidRequest):
-        return APIError(400, str(exc))
-    if isinstance(exc, EngineDeadError):
-        return APIError(503, f"the engine is not running: {exc}", type_="service_unavailable")
-    if isinstance(exc, EngineError):
-        return APIError(500, f"the request failed in the engine: {exc}", type_="server_error")
-    return APIError(500, f"internal error: {type(exc).__name__}", type_="server_error")
 
 
 @web.middleware

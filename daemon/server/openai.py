@@ -11,11 +11,11 @@ from typing import Any
 
 from aiohttp import web
 
-from vlmctl.daemon.engine.sampling_params import SamplingParams
-from vlmctl.daemon.server.protocol import APIError, bad, field, openai_sampling, parse_chat
+from vlmctl.daemon.server.protocol import bad, field, openai_sampling, parse_chat, to_api_error
 from vlmctl.daemon.server.sse import sse_response, write_event
 from vlmctl.daemon.server.state import ServerState
 from vlmctl.daemon.worker.async_engine import RequestOutput
+from vlmctl.daemon.worker.messages import TokenizedRequest
 
 routes = web.RouteTableDef()
 
@@ -27,11 +27,15 @@ async def read_json(request: web.Request) -> Any:
         raise bad(f"the request body is not valid JSON: {exc}") from exc
 
 
-def choice_params(params: SamplingParams, index: int) -> SamplingParams:
-    """The n choices of one request sample independently; a seed stays reproducible."""
-    if index == 0 or params.seed is None:
-        return params
-    return replace(params, seed=params.seed + index)
+def copies_for_choices(first: TokenizedRequest, n: int) -> list[TokenizedRequest]:
+    """n copies of a prepared request (images fetched and preprocessed once) that sample
+    independently; with a seed, choice i uses seed + i, so the set stays reproducible."""
+    params = first.params
+    out = [first]
+    for i in range(1, n):
+        seed = None if params.seed is None else params.seed + i
+        out.append(replace(first, request_id=uuid.uuid4().hex, params=replace(params, seed=seed)))
+    return out
 
 
 def logprobs_content(output: RequestOutput, tokenizer, start: int = 0) -> list[dict] | None:
@@ -67,9 +71,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         assert state.template is not None
         rendered = state.template.render(chat.messages)
         params = replace(chat.params, stop=chat.params.stop + [s for s in rendered.stop if s not in chat.params.stop])
-        prepared = await asyncio.gather(*(
-            state.prepare(rendered.prompt, rendered.images, choice_params(params, i)) for i in range(chat.n)
-        ))
+        prepared = copies_for_choices(await state.prepare(rendered.prompt, rendered.images, params), chat.n)
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": state.model_name}
         if chat.stream:
             return await _stream_chat(request, state, prepared, meta, chat.include_usage)
@@ -127,9 +129,7 @@ async def _stream_chat(request, state: ServerState, prepared, meta: dict, includ
                 remaining -= 1
                 continue
             if error is not None:
-                body = error.body() if isinstance(error, APIError) else {"error": {"message": str(error),
-                                                                                    "type": "server_error"}}
-                await write_event(response, body)
+                await write_event(response, to_api_error(error).body())
                 continue
             choice: dict[str, Any] = {"index": index, "delta": {"content": output.delta} if output.delta else {},
                                       "finish_reason": output.finish_reason}
@@ -173,7 +173,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     include_usage = bool(field(field(body, "stream_options", dict, {}), "include_usage", bool, False))
     state.admit()
     try:
-        prepared = await asyncio.gather(*(state.prepare(prompt, [], choice_params(params, i)) for i in range(n)))
+        prepared = copies_for_choices(await state.prepare(prompt, [], params), n)
         meta = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": state.model_name}
         if stream:

@@ -9,8 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from vlmctl.daemon.engine.request import ContextTooLong
 from vlmctl.daemon.engine.sampling_params import InvalidRequest, SamplingParams
 from vlmctl.daemon.frontend.chat_templates import ChatMessage
+from vlmctl.daemon.frontend.images import ImageError
+from vlmctl.daemon.worker.async_engine import EngineError
+from vlmctl.daemon.worker.client import EngineDeadError
 
 
 class APIError(Exception):
@@ -23,6 +27,22 @@ class APIError(Exception):
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def to_api_error(exc: Exception) -> APIError:
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, ContextTooLong):
+        return APIError(400, str(exc), param="messages", code="context_length_exceeded")
+    if isinstance(exc, ImageError):
+        return APIError(400, str(exc), param="messages", code="invalid_image")
+    if isinstance(exc, InvalidRequest):
+        return APIError(400, str(exc))
+    if isinstance(exc, EngineDeadError):
+        return APIError(503, f"the engine is not running: {exc}", type_="service_unavailable")
+    if isinstance(exc, EngineError):
+        return APIError(500, f"the request failed in the engine: {exc}", type_="server_error")
+    return APIError(500, f"internal error: {type(exc).__name__}", type_="server_error")
 
 
 def bad(message: str, param: str | None = None, code: str | None = None) -> APIError:
