@@ -151,6 +151,8 @@ async def serve(config: ServerConfig) -> None:
             logger.info("ready: %s serves %s (%s on %s)", where, state.model_name,
                         state.engine.info.dtype, state.engine.info.device)
             print(json.dumps({"event": "ready", "socket": str(config.socket), "port": config.port}), flush=True)
+            if config.idle_timeout:
+                asyncio.ensure_future(_idle_watch(state, config.idle_timeout, stop))
             await stop.wait()
         else:
             loading.cancel()
@@ -162,6 +164,17 @@ async def serve(config: ServerConfig) -> None:
         await state.close()
         config.socket.unlink(missing_ok=True)
         logger.info("stopped")
+
+
+async def _idle_watch(state: ServerState, timeout: float, stop: asyncio.Event) -> None:
+    """Stop the daemon after `timeout` seconds without a request (auto-started daemons)."""
+    while not stop.is_set():
+        idle = state.idle_for()
+        if idle >= timeout:
+            logger.info("no requests for %.0f s: stopping (--idle-timeout)", idle)
+            stop.set()
+            return
+        await asyncio.sleep(min(timeout - idle, 5.0) + 0.05)
 
 
 async def _drain(state: ServerState, grace: float) -> None:

@@ -13,9 +13,9 @@ from vlmctl.daemon.worker.config import DTYPES, EngineConfig
 
 
 def default_socket() -> Path:
-    import platformdirs
+    from vlmctl.paths import paths
 
-    return Path(platformdirs.user_runtime_dir("vlmctl")) / "vlmctl.sock"
+    return paths().socket
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -76,6 +76,7 @@ def build_parser(prog: str = "python -m vlmctl.daemon") -> argparse.ArgumentPars
     add("--allowed-local-media-path", type=Path, help="image_data paths are allowed under this directory")
     add("--default-max-tokens", type=_positive, help="max_tokens when a request gives none (default: up to the context)")
     add("--shutdown-grace", type=float, default=10.0, help="seconds in-flight requests get on SIGTERM")
+    add("--idle-timeout", type=float, help="exit after this many seconds without requests (default: never)")
     return p
 
 
@@ -114,5 +115,6 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         log_requests=args.log_requests,
         shutdown_grace=args.shutdown_grace,
         default_max_tokens=args.default_max_tokens,
+        idle_timeout=args.idle_timeout,
         args={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "api_key"},
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from dataclasses import asdict
@@ -101,6 +102,9 @@ async def server_info(request: web.Request) -> web.Response:
     return web.json_response({
         **state.config.args,
         "version": __import__("vlmctl").__version__,
+        "pid": os.getpid(),
+        "socket": str(state.config.socket),
+        "url": f"http://{state.config.host}:{state.config.port}" if state.config.port else None,
         "ready": state.ready,
         "uptime_s": time.time() - state.started,
         "engine": asdict(info) if info else None,

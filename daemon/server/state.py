@@ -38,6 +38,7 @@ class ServerConfig:
     log_requests: bool = False
     shutdown_grace: float = 10.0
     default_max_tokens: int | None = None
+    idle_timeout: float | None = None
     args: dict = field(default_factory=dict)  # as given, for /get_server_info
 
 
@@ -55,6 +56,7 @@ class ServerState:
         self.ready = False
         self.started = time.time()
         self.inflight = 0
+        self.last_activity = time.monotonic()
         self.rids: dict[str, str] = {}  # user-visible rid -> engine request id
         self._fetch_slots = asyncio.Semaphore(16)
 
@@ -71,6 +73,7 @@ class ServerState:
         assert processor is not None
         self.template = load_chat_template(self.config.chat_template, processor.tokenizer, processor.image_token)
         self.ready = True
+        self.last_activity = time.monotonic()  # the idle clock starts when the model is ready
 
     async def close(self) -> None:
         self.ready = False
@@ -91,9 +94,14 @@ class ServerState:
             raise APIError(503, f"the server is at capacity ({limit} requests in flight); retry later",
                            type_="service_unavailable")
         self.inflight += 1
+        self.last_activity = time.monotonic()
 
     def release(self) -> None:
         self.inflight -= 1
+        self.last_activity = time.monotonic()
+
+    def idle_for(self) -> float:
+        return 0.0 if self.inflight else time.monotonic() - self.last_activity
 
     async def prepare(
         self, prompt: str | list[int], images: Sequence[Any], params: SamplingParams, request_id: str | None = None
