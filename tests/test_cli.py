@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -67,13 +68,18 @@ def test_ask_starts_the_daemon_and_answers(home, images):
     assert status["kv_tokens_total"] == 8192 and status["running_requests"] == 0
 
 
-def test_ask_with_a_url_and_with_stdin_gives_the_same_answer(home, images):
-    by_path = vlmctl(home, "ask", str(images / "img1.png"), "Describe.", "--max-tokens", "6")
+def test_ask_with_a_path_a_url_and_stdin(home, images):
+    args = ("Describe.", "--max-tokens", "6", "--json")
+    by_path = vlmctl(home, "ask", str(images / "img1.png"), *args)
     with image_server(images) as url:
-        by_url = vlmctl(home, "ask", f"{url}/img1.png", "Describe.", "--max-tokens", "6")
-    by_stdin = vlmctl(home, "ask", "-", "Describe.", "--max-tokens", "6", input=(images / "img1.png").read_bytes())
-    assert by_path.returncode == by_url.returncode == by_stdin.returncode == 0
-    assert by_path.stdout == by_url.stdout == by_stdin.stdout
+        by_url = vlmctl(home, "ask", f"{url}/img1.png", *args)
+    by_stdin = vlmctl(home, "ask", "-", *args, input=(images / "img1.png").read_bytes())
+    usages = [json.loads(out.stdout)["usage"] for out in (by_path, by_url, by_stdin)]
+    # The same image arrived each way: the same number of prompt tokens (text + image tokens).
+    assert usages[0]["prompt_tokens"] > 256
+    assert all(u == usages[0] for u in usages) and usages[0]["completion_tokens"] == 6
+    streamed = vlmctl(home, "ask", str(images / "img1.png"), "Describe.", "--max-tokens", "6")
+    assert streamed.returncode == 0 and streamed.stdout.endswith(b"\n")
 
 
 def test_ask_json_and_compare(home, images):
@@ -102,6 +108,17 @@ def test_metrics_follow_prints_step_lines_and_top_renders(home, images):
 def test_a_different_model_is_a_clear_error(home, images, tmp_path):
     out = vlmctl(home, "ask", "--model", str(tmp_path), str(images / "img0.png"), "What?")
     assert out.returncode == 1 and b"vlmctl restart --model" in out.stderr
+
+
+def test_bench_runs_a_small_workload_and_prints_its_table(home):
+    out = vlmctl(home, "bench", "--num-requests", "6", "--concurrency", "3", "--output-len", "5", "--image-size", "64")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout.decode()
+    for row in ("Successful requests", "Output token throughput (tok/s)", "Median TTFT (ms)", "P99 ITL (ms)"):
+        assert row in text
+    assert re.search(r"Successful requests\s+6\n", text) and re.search(r"Failed requests\s+0\n", text)
+    data = json.loads(vlmctl(home, "bench", "-n", "4", "--request-rate", "50", "--output-len", "3", "--json").stdout)
+    assert data["completed"] == 4 and data["total_output_tokens"] == 12 and data["ttft_ms"]["p99"] > 0
 
 
 def test_stop_leaves_no_process_and_no_socket(home, images):

@@ -21,7 +21,7 @@ except ImportError:  # older typer uses click itself
     from click.exceptions import Exit as ClickExit
     from click.exceptions import UsageError as ClickUsageError
 
-from vlmctl.cli import ask_cmds, daemon_cmds, misc_cmds, watch_cmds
+from vlmctl.cli import ask_cmds, bench_cmd, daemon_cmds, misc_cmds, watch_cmds
 from vlmctl.cli.common import CommandError, Globals, UsageError
 
 app = typer.Typer(
@@ -48,7 +48,7 @@ def main_options(
     ctx.obj = Globals(socket=socket, url=url, api_key=api_key, debug=debug)
 
 
-for module in (daemon_cmds, ask_cmds, watch_cmds, misc_cmds):
+for module in (daemon_cmds, ask_cmds, watch_cmds, bench_cmd, misc_cmds):
     module.register(app)
 
 

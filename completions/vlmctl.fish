@@ -1,0 +1,1 @@
+complete --command vlmctl --no-files --arguments "(env _VLMCTL_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) vlmctl)" --condition "env _VLMCTL_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) vlmctl"
