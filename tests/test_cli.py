@@ -105,6 +105,31 @@ def test_metrics_follow_prints_step_lines_and_top_renders(home, images):
     assert any(line.startswith("Decode batch.") for line in lines)
 
 
+def test_chat_logs_and_restart(home, images):
+    script = f"/image {images / 'img0.png'}\nWhat is this?\nAnd now?\n/clear\nHi\n/quit\n".encode()
+    out = vlmctl(home, "chat", "--max-tokens", "3", input=script)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count(b">>> ") >= 5
+    log = vlmctl(home, "logs", "-n", "200")
+    assert log.returncode == 0 and b"Prefill batch." in log.stdout
+    old = json.loads(vlmctl(home, "status", "--json").stdout)["pid"]
+    assert vlmctl(home, "restart").returncode == 0
+    new = json.loads(vlmctl(home, "status", "--json").stdout)["pid"]
+    assert new != old and not pid_alive(old)
+
+
+def test_models_lists_the_cache_and_pull_fails_cleanly_offline(tmp_path, tiny_llama_llava):
+    snapshot = tmp_path / "hub" / "models--tiny--llava" / "snapshots" / "abc"
+    shutil.copytree(tiny_llama_llava, snapshot)
+    (tmp_path / "hub" / "models--tiny--llava" / "refs").mkdir()
+    (tmp_path / "hub" / "models--tiny--llava" / "refs" / "main").write_text("abc")
+    env = {**os.environ, "VLMCTL_HOME": str(tmp_path), "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([VLMCTL, "models"], env=env, capture_output=True, timeout=60)
+    assert out.returncode == 0 and re.search(rb"tiny/llava\s+[\d.]+ (KB|MB)", out.stdout)
+    pulled = subprocess.run([VLMCTL, "pull", "nobody/nothing-here"], env=env, capture_output=True, timeout=60)
+    assert pulled.returncode == 1 and len(pulled.stderr.strip().splitlines()) == 1
+
+
 def test_a_different_model_is_a_clear_error(home, images, tmp_path):
     out = vlmctl(home, "ask", "--model", str(tmp_path), str(images / "img0.png"), "What?")
     assert out.returncode == 1 and b"vlmctl restart --model" in out.stderr
@@ -123,15 +148,22 @@ def test_bench_runs_a_small_workload_and_prints_its_table(home):
 
 def test_stop_leaves_no_process_and_no_socket(home, images):
     pid = json.loads(vlmctl(home, "status", "--json").stdout)["pid"]
+    env = {**os.environ, "VLMCTL_HOME": str(home), "NO_COLOR": "1"}
+    follower = subprocess.Popen([VLMCTL, "metrics", "--follow"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+    time.sleep(1.0)
     assert vlmctl(home, "stop").returncode == 0
+    # metrics --follow ends by itself, cleanly, when the daemon goes.
+    assert follower.wait(timeout=20) == 0
     assert not pid_alive(pid)
     assert not (home / "run" / "vlmctl.sock").exists()
     assert vlmctl(home, "status").returncode == 3
 
 
 def test_idle_timeout_ends_an_auto_started_daemon(tmp_path, tiny_llama_llava, images):
-    write_config(tmp_path, tiny_llama_llava, idle_timeout=2)
-    assert vlmctl(tmp_path, "ask", str(images / "img0.png"), "What?", "--max-tokens", "2").returncode == 0
+    write_config(tmp_path, tiny_llama_llava, idle_timeout=300)
+    out = vlmctl(tmp_path, "ask", str(images / "img0.png"), "What?", "--max-tokens", "2", "--idle-timeout", "2")
+    assert out.returncode == 0
     pid = int((tmp_path / "run" / "vlmctl.pid").read_text())
     deadline = time.monotonic() + 30
     while pid_alive(pid) and time.monotonic() < deadline:

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from vlmctl.cli.common import CommandError, Globals, UsageError, ensure_daemon, run
+from vlmctl.cli.common import DEFAULT_IDLE_TIMEOUT, CommandError, Globals, UsageError, ensure_daemon, run
 
 COMPARE_QUESTION = "Are there any differences between these images? Describe them."
 
@@ -22,6 +22,8 @@ TopP = Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)]
 Seed = Annotated[int | None, typer.Option("--seed", help="reproducible sampling")]
 System = Annotated[str | None, typer.Option("--system", help="system prompt")]
 AsJson = Annotated[bool, typer.Option("--json", help="print the whole response as JSON")]
+IdleTimeout = Annotated[float, typer.Option("--idle-timeout", min=1.0,
+                                            help="seconds a daemon started here waits for requests before exiting")]
 
 
 def register(app: typer.Typer) -> None:
@@ -59,8 +61,9 @@ def build_body(images: list[str], question: str, system: str | None, max_tokens:
     return body
 
 
-async def answer(g: Globals, model: str | None, body: dict, as_json: bool) -> str:
-    await ensure_daemon(g, model)
+async def answer(g: Globals, model: str | None, body: dict, as_json: bool,
+                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> str:
+    await ensure_daemon(g, model, idle_timeout)
     async with g.client() as client:
         if as_json:
             response = await client.post("/v1/chat/completions", body)
@@ -81,7 +84,8 @@ async def answer(g: Globals, model: str | None, body: dict, as_json: bool) -> st
 def ask(ctx: typer.Context,
         args: Annotated[list[str], typer.Argument(help="IMAGE... QUESTION: paths, http(s) URLs or - for stdin")],
         model: Model = None, max_tokens: MaxTokens = 256, temperature: Temperature = 0.0, top_p: TopP = 1.0,
-        seed: Seed = None, system: System = None, as_json: AsJson = False):
+        seed: Seed = None, system: System = None, as_json: AsJson = False,
+        idle_timeout: IdleTimeout = DEFAULT_IDLE_TIMEOUT):
     """Ask a question about one or more images; the answer streams to stdout.
 
     Examples:
@@ -92,14 +96,15 @@ def ask(ctx: typer.Context,
     if not question.strip():
         raise UsageError("the question is empty")
     body = build_body(images, question, system, max_tokens, temperature, top_p, seed)
-    run(answer(ctx.obj, model, body, as_json))
+    run(answer(ctx.obj, model, body, as_json, idle_timeout))
 
 
 def compare(ctx: typer.Context,
             images: Annotated[list[str], typer.Argument(help="two or more images (paths, URLs, -)")],
             question: Annotated[str, typer.Option("--question", "-q", help="what to ask")] = COMPARE_QUESTION,
             model: Model = None, max_tokens: MaxTokens = 256, temperature: Temperature = 0.0, top_p: TopP = 1.0,
-            seed: Seed = None, system: System = None, as_json: AsJson = False):
+            seed: Seed = None, system: System = None, as_json: AsJson = False,
+            idle_timeout: IdleTimeout = DEFAULT_IDLE_TIMEOUT):
     """Compare two or more images in one request.
 
     Example: vlmctl compare before.png after.png --question "What changed?"
@@ -107,12 +112,13 @@ def compare(ctx: typer.Context,
     if len(images) < 2:
         raise UsageError("compare needs at least two images")
     body = build_body(images, question, system, max_tokens, temperature, top_p, seed)
-    run(answer(ctx.obj, model, body, as_json))
+    run(answer(ctx.obj, model, body, as_json, idle_timeout))
 
 
 def chat(ctx: typer.Context,
          images: Annotated[list[str] | None, typer.Argument(help="images to start the conversation with")] = None,
-         model: Model = None, max_tokens: MaxTokens = 512, temperature: Temperature = 0.0, system: System = None):
+         model: Model = None, max_tokens: MaxTokens = 512, temperature: Temperature = 0.0, system: System = None,
+         idle_timeout: IdleTimeout = DEFAULT_IDLE_TIMEOUT):
     """An interactive multi-turn chat. Commands: /image PATH, /clear, /quit.
 
     Example: vlmctl chat photo.jpg
@@ -124,7 +130,7 @@ def chat(ctx: typer.Context,
         pass
     pending = [image_url(i) for i in images or []]
     history: list[dict] = [{"role": "system", "content": system}] if system else []
-    run(ensure_daemon(g, model))
+    run(ensure_daemon(g, model, idle_timeout))
     while True:
         try:
             line = input(">>> ").strip()

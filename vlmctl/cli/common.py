@@ -94,6 +94,9 @@ async def ensure_daemon(g: Globals, model: str | None, idle_timeout: float = DEF
     options = list(g.config.daemon_args())
     if g.config.chat_template and "--chat-template" not in options:
         options += ["--chat-template", g.config.chat_template]
+    if "--idle-timeout" in options and idle_timeout != DEFAULT_IDLE_TIMEOUT:
+        at = options.index("--idle-timeout")
+        del options[at : at + 2]  # the command line beats the config file
     if "--idle-timeout" not in options:
         options += ["--idle-timeout", str(idle_timeout)]
     process = spawn_detached(daemon_command(chosen, g.socket_path, options), g.paths)

@@ -51,7 +51,9 @@ def serve(ctx: typer.Context, model: ModelOption = None,
 def start(ctx: typer.Context, model: ModelOption = None):
     """Start the daemon in the background and wait until it can answer.
 
-    Logs go to the log file (`vlmctl logs`). Other options go to the daemon, e.g. --port 30010.
+    Logs go to the log file (`vlmctl logs`). Other options go to the daemon.
+
+    Example: vlmctl start --model llava-hf/llava-1.5-7b-hf --port 30010
     """
     g: Globals = ctx.obj
     from vlmctl.control import daemon_command, spawn_detached, wait_ready
@@ -82,7 +84,10 @@ def start(ctx: typer.Context, model: ModelOption = None):
 
 
 def stop(ctx: typer.Context):
-    """Stop the daemon (in-flight requests get a grace period). Leaves no process and no socket."""
+    """Stop the daemon (in-flight requests get a grace period). Leaves no process and no socket.
+
+    Example: vlmctl stop
+    """
     g: Globals = ctx.obj
     from vlmctl.control import daemon_pid, stop_process
 
@@ -106,13 +111,19 @@ def stop(ctx: typer.Context):
 
 
 def restart(ctx: typer.Context, model: ModelOption = None):
-    """Stop the running daemon and start a new one (with another --model, for example)."""
+    """Stop the running daemon and start a new one (with another --model, for example).
+
+    Example: vlmctl restart --model llava-hf/llava-v1.6-mistral-7b-hf
+    """
     stop(ctx)
     start(ctx, model)
 
 
 def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False):
-    """Model, device, dtype, pid, uptime, socket and URL, KV pool usage, running and queued requests."""
+    """Model, device, dtype, pid, uptime, socket and URL, KV pool usage, running and queued requests.
+
+    Example: vlmctl status --json
+    """
     g: Globals = ctx.obj
 
     async def fetch() -> dict:
@@ -149,7 +160,10 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", h
 def logs(ctx: typer.Context,
          follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new lines")] = False,
          lines: Annotated[int, typer.Option("--lines", "-n", min=0, help="how many last lines")] = 50):
-    """Print the background daemon's log."""
+    """Print the background daemon's log.
+
+    Example: vlmctl logs -f -n 20
+    """
     g: Globals = ctx.obj
     path = g.paths.log_file
     if not path.exists():

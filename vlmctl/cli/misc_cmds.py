@@ -26,7 +26,10 @@ def _size(num_bytes: int) -> str:
 
 
 def models():
-    """The models available here: the bundled one and those in the Hugging Face cache."""
+    """The models available here: the bundled one and those in the Hugging Face cache.
+
+    Example: vlmctl models
+    """
     rows = []
     bundled = bundled_model()
     if bundled:
@@ -51,7 +54,10 @@ def models():
 
 
 def pull(model: Annotated[str, typer.Argument(help="hub id, e.g. llava-hf/llava-1.5-7b-hf")]):
-    """Download a model from the Hugging Face hub into its cache (with a progress bar)."""
+    """Download a model from the Hugging Face hub into its cache (with a progress bar).
+
+    Example: vlmctl pull llava-hf/llava-1.5-7b-hf
+    """
     from huggingface_hub import snapshot_download
 
     from vlmctl.daemon.models.loader import _CHECKPOINT_PATTERNS

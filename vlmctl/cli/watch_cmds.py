@@ -50,6 +50,8 @@ def top(ctx: typer.Context,
     """A live dashboard of the scheduler: requests, token usage, throughput, recent steps.
 
     Without a terminal it prints one snapshot and exits.
+
+    Example: vlmctl top --interval 0.5
     """
     g: Globals = ctx.obj
     if not g.is_tty:
