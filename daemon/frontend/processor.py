@@ -110,7 +110,7 @@ class InputProcessor:
         for index, position in enumerate(positions):
             expanded.extend(input_ids[start:position])
             image_hash, pad_id = image_pad_id(pixels[index], self.vocab_size)
-            spans.append(ImageSpan(len(expanded), self.num_image_tokens, pixels[index].clone(), image_hash))
+            spans.append(ImageSpan(len(expanded), self.num_image_tokens, pixels[index].numpy().copy(), image_hash))
             expanded.extend([pad_id] * self.num_image_tokens)
             start = position + 1
         expanded.extend(input_ids[start:])

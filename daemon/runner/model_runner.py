@@ -104,7 +104,7 @@ class ModelRunner:
                 if start >= end:
                     continue
                 first = flat_start + start - chunk_start
-                pixel_values.append(image.pixel_values)
+                pixel_values.append(torch.as_tensor(image.pixel_values))
                 positions.append(torch.arange(first, first + end - start, device=self.device))
                 token_ranges.append((start - image.offset, end - image.offset))
             flat_start += q_len

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing as mp
 import queue
 import socket
 import subprocess
@@ -73,8 +72,6 @@ class EngineClient:
         multiprocessing spawn: spawn re-imports the caller's __main__, which breaks scripts
         without a main guard and notebooks.
         """
-        import torch.multiprocessing  # noqa: F401  (pixel tensors go through shared memory)
-
         self._loop = asyncio.get_running_loop()
         parent, child = socket.socketpair()
         self._process = subprocess.Popen(
@@ -83,8 +80,7 @@ class EngineClient:
         )
         child.close()
         self._conn = Connection(parent.detach())
-        # The engine takes our authkey so torch can hand tensors over through shared memory.
-        hello = (bytes(mp.current_process().authkey), self.config, self.config.log_level.upper())
+        hello = (self.config, self.config.log_level.upper())
         self._conn.send(hello)
         message = await self._loop.run_in_executor(None, self._wait_ready)
         if isinstance(message, EngineFailed):

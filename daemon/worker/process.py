@@ -24,11 +24,8 @@ logger = logging.getLogger("vlmctl.engine")
 
 def main(fd: int) -> None:
     """`python -m vlmctl.daemon.worker.process FD`: FD is our end of the caller's socketpair."""
-    import multiprocessing
-
     conn = Connection(fd)
-    authkey, config, log_level = conn.recv()
-    multiprocessing.current_process().authkey = authkey
+    config, log_level = conn.recv()
     engine_main(conn, config, log_level)
 
 
@@ -37,8 +34,6 @@ def engine_main(conn: Connection, config: EngineConfig, log_level: str) -> None:
     logging.basicConfig(
         level=log_level, stream=sys.stderr, format="%(asctime)s [engine] %(levelname)s %(message)s"
     )
-    import torch.multiprocessing  # noqa: F401  (registers the tensor pickler for the pipe)
-
     from vlmctl.daemon.worker.loading import load_engine_core
 
     try:
