@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import json
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -141,15 +142,17 @@ BUILTIN: dict[str, Conversation] = {
 }
 
 
-class ChatTemplate:
+class ChatTemplate(ABC):
     """Renders validated messages; `image_token` is what the model's processor expects."""
 
     def __init__(self, name: str, image_token: str | None) -> None:
         self.name = name
         self.model_image_token = image_token
 
+    @abstractmethod
     def render(self, messages: list[ChatMessage]) -> RenderedChat:
-        raise NotImplementedError
+        """The prompt with one image token per image, the images in order, and the
+        template's own stop strings; TemplateError when the messages cannot be rendered."""
 
     def check_images(self, rendered: RenderedChat) -> RenderedChat:
         """A template that drops or misplaces images is an error, never a text-only answer."""
