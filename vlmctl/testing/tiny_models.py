@@ -12,6 +12,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 IMAGE_TOKEN = "<image>"
+# LLaVA-1.5's conversation format (what the vicuna_v1.1 built-in renders), as a Jinja
+# template so the tiny checkpoints chat out of the box.
+CHAT_TEMPLATE = (
+    "{% set system = 'A chat between a curious user and an artificial intelligence assistant. The assistant "
+    "gives helpful, detailed, and polite answers to the user\\'s questions.' %}"
+    "{% for m in messages %}{% if m.role == 'system' %}{% set system = m.content if m.content is string "
+    "else m.content[0].text %}{% endif %}{% endfor %}{{ system }}"
+    "{% for m in messages %}{% if m.role == 'user' %}{{ ' USER: ' }}"
+    "{% if m.content is string %}{{ m.content }}{% else %}"
+    "{% for c in m.content %}{% if c.type == 'image' %}{{ '<image>\\n' }}{% else %}{{ c.text }}{% endif %}"
+    "{% endfor %}{% endif %}{% elif m.role == 'assistant' %}{{ ' ASSISTANT: ' }}"
+    "{{ m.content if m.content is string else m.content[0].text }}{{ '</s>' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ ' ASSISTANT:' }}{% endif %}"
+)
 SPECIAL_TOKENS = ["<s>", "</s>", "<unk>", "<pad>", IMAGE_TOKEN]
 
 _COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white"]
@@ -51,10 +65,12 @@ def build_tokenizer(vocab_size: int = 400):
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
     )
-    return PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
         extra_special_tokens={"image_token": IMAGE_TOKEN},
     )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
 
 
 @dataclass(frozen=True)
