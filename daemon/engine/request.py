@@ -1,7 +1,7 @@
 """A request as the engine sees it: token ids in, token ids out, and its KV bookkeeping.
 
-This module imports no torch. Images travel as opaque `ImageSpan`-like objects: the
-scheduler only needs their position in the prompt; the model runner reads the pixels.
+This module imports no torch. Images travel as opaque objects (`worker.messages.ImageSpan`):
+the model runner reads their pixels and token positions; the scheduler never looks at them.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from vlmctl.daemon.engine.sampling_params import InvalidRequest, SamplingParams
 
@@ -29,13 +29,6 @@ class FinishReason(str, enum.Enum):
     LENGTH = "length"
     ABORT = "abort"
     ERROR = "error"
-
-
-class ImageSpanLike(Protocol):
-    """Where an image's tokens sit in the prompt; `offset + num_tokens <= len(prompt)`."""
-
-    offset: int
-    num_tokens: int
 
 
 _arrival = itertools.count()

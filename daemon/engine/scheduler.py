@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from vlmctl.daemon.engine.kv_cache import KVCacheManager
 from vlmctl.daemon.engine.request import (
@@ -75,15 +75,6 @@ def _fcfs(waiting: Iterable[Request]) -> list[Request]:
 
 
 POLICIES: dict[str, Policy] = {"fcfs": _fcfs}
-
-
-@dataclass(slots=True)
-class SchedulerState:
-    """Counts the statistics logger reads after each step."""
-
-    num_running: int = 0
-    num_waiting: int = 0
-    finished: list[Request] = field(default_factory=list)
 
 
 class Scheduler:
@@ -255,9 +246,6 @@ class Scheduler:
             request.row = None
 
     # ----- introspection ------------------------------------------------------------------
-
-    def get(self, request_id: str) -> Request | None:
-        return self._requests.get(request_id)
 
     def num_tokens_in_use(self) -> int:
         return self.kv.num_slots - self.kv.num_free_slots

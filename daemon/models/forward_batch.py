@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -39,4 +39,3 @@ class ForwardBatch:
     positions: torch.Tensor  # [T] long
     attention: AttentionForward
     images: ImageBatch | None = None
-    extra: dict = field(default_factory=dict)

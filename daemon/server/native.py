@@ -36,8 +36,6 @@ def meta_info(rid: str, output: RequestOutput) -> dict:
 async def generate(request: web.Request) -> web.StreamResponse:
     state: ServerState = request.app["state"]
     body = await read_json(request)
-    if not isinstance(body, dict):
-        raise bad("the request body must be a JSON object")
     text, input_ids = field(body, "text", str), field(body, "input_ids", list)
     if (text is None) == (input_ids is None):
         raise bad("give exactly one of 'text' and 'input_ids'", "text")
@@ -148,8 +146,7 @@ async def _drain(state: ServerState, tokenized) -> None:
 @routes.post("/abort_request")
 async def abort_request(request: web.Request) -> web.Response:
     state: ServerState = request.app["state"]
-    body = await read_json(request)
-    rid = field(body if isinstance(body, dict) else {}, "rid", str)
+    rid = field(await read_json(request), "rid", str)
     if not rid:
         raise bad("'rid' must be the id given to /generate", "rid")
     engine_id = state.rids.get(rid)

@@ -20,11 +20,15 @@ from vlmctl.daemon.worker.messages import TokenizedRequest
 routes = web.RouteTableDef()
 
 
-async def read_json(request: web.Request) -> Any:
+async def read_json(request: web.Request) -> dict:
+    """The request's JSON body, which must be an object (400 otherwise)."""
     try:
-        return await request.json(loads=json.loads)
+        body = await request.json(loads=json.loads)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise bad(f"the request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise bad("the request body must be a JSON object")
+    return body
 
 
 def copies_for_choices(first: TokenizedRequest, n: int) -> list[TokenizedRequest]:
@@ -156,8 +160,6 @@ async def _stream_chat(request, state: ServerState, prepared, meta: dict, includ
 async def completions(request: web.Request) -> web.StreamResponse:
     state: ServerState = request.app["state"]
     body = await read_json(request)
-    if not isinstance(body, dict):
-        raise bad("the request body must be a JSON object")
     state.check_model(field(body, "model", str))
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):

@@ -151,9 +151,7 @@ class ChatRequest:
     include_usage: bool
 
 
-def parse_chat(body: Any, default_max_tokens: int | None) -> ChatRequest:
-    if not isinstance(body, dict):
-        raise bad("the request body must be a JSON object")
+def parse_chat(body: dict, default_max_tokens: int | None) -> ChatRequest:
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
         raise bad("'messages' must be a non-empty array", "messages")

@@ -75,6 +75,15 @@ def bundled_model() -> str | None:
     return str(candidate) if candidate.is_dir() and candidate.joinpath("config.json").is_file() else None
 
 
+def daemon_options(g: Globals, extra: list[str] | None = None) -> list[str]:
+    """Daemon options from the config file, then `extra` from the command line."""
+    extra = list(extra or [])
+    options = g.config.daemon_args()
+    if g.config.chat_template and "--chat-template" not in options + extra:
+        options += ["--chat-template", g.config.chat_template]
+    return options + extra
+
+
 async def ensure_daemon(g: Globals, model: str | None, idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
                         quiet: bool = False) -> None:
     """Use the running daemon (checking its model), or start one that exits when idle."""
@@ -91,9 +100,7 @@ async def ensure_daemon(g: Globals, model: str | None, idle_timeout: float = DEF
     if g.url or os.environ.get("VLMCTL_URL"):
         raise DaemonUnreachable(f"no daemon answers at {g.url or os.environ['VLMCTL_URL']}")
     chosen = resolve_model(g, model)
-    options = list(g.config.daemon_args())
-    if g.config.chat_template and "--chat-template" not in options:
-        options += ["--chat-template", g.config.chat_template]
+    options = daemon_options(g)
     if "--idle-timeout" in options and idle_timeout != DEFAULT_IDLE_TIMEOUT:
         at = options.index("--idle-timeout")
         del options[at : at + 2]  # the command line beats the config file

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from vlmctl.cli.common import CommandError, Globals, resolve_model, run
+from vlmctl.cli.common import CommandError, Globals, daemon_options, resolve_model, run
 from vlmctl.client import DaemonUnreachable
 
 PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -26,13 +26,6 @@ def register(app: typer.Typer) -> None:
     app.command()(logs)
 
 
-def _daemon_options(g: Globals, extra: list[str]) -> list[str]:
-    options = g.config.daemon_args()
-    if g.config.chat_template and "--chat-template" not in extra:
-        options += ["--chat-template", g.config.chat_template]
-    return options + extra
-
-
 def serve(ctx: typer.Context, model: ModelOption = None,
           detach: Annotated[bool, typer.Option("--detach", "-d", help="run in the background (as `start`)")] = False):
     """Run the daemon in the foreground, logs on the terminal. Other options go to the daemon.
@@ -44,7 +37,7 @@ def serve(ctx: typer.Context, model: ModelOption = None,
         return start(ctx, model)
     from vlmctl.control import daemon_command
 
-    command = daemon_command(resolve_model(g, model), g.socket_path, _daemon_options(g, list(ctx.args)))
+    command = daemon_command(resolve_model(g, model), g.socket_path, daemon_options(g, ctx.args))
     os.execv(sys.executable, command)
 
 
@@ -63,7 +56,7 @@ def start(ctx: typer.Context, model: ModelOption = None):
             if await client.health() is not None:
                 raise CommandError(f"a daemon is already running on {g.socket_path}; `vlmctl stop` it first")
             process = spawn_detached(
-                daemon_command(resolve_model(g, model), g.socket_path, _daemon_options(g, list(ctx.args))), g.paths
+                daemon_command(resolve_model(g, model), g.socket_path, daemon_options(g, ctx.args)), g.paths
             )
             status = None
             if g.is_tty:
