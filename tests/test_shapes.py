@@ -6,7 +6,17 @@ import random
 
 import pytest
 
-from vlmctl.demo.shapes import COLOURS, Scene, different, questions, random_scene, render
+from vlmctl.demo.shapes import (
+    COLOURS,
+    SAME_ANSWER,
+    Scene,
+    Shape,
+    difference_pair,
+    different,
+    question_set,
+    random_scene,
+    render,
+)
 
 
 def scenes(n: int, seed: int = 0) -> list[Scene]:
@@ -61,16 +71,39 @@ def test_backgrounds_and_counts_vary():
 
 def test_answers_follow_from_the_scene():
     rng = random.Random(0)
-    for scene in scenes(100):
-        qa = dict(questions(scene, rng))
+    yes = 0
+    for scene in scenes(300):
+        qa = question_set(scene, rng)
         count = len(scene.shapes)
-        assert qa["How many shapes are there?"] == f"There {'is' if count == 1 else 'are'} " + (
+        assert qa["count"][1] == f"There {'is' if count == 1 else 'are'} " + (
             ("one shape", "two shapes", "three shapes")[count - 1] + ".")
-        for question, answer in qa.items():
-            if question.startswith("Is there a "):
-                colour, kind = question.removeprefix("Is there a ").rstrip("?").split(" ")
-                expected = any(s.colour == colour and s.kind == kind for s in scene.shapes)
-                assert answer == ("Yes." if expected else "No.")
+        assert qa["describe"][1] == scene.describe()
+        question, answer = qa["yesno"]
+        colour, kind = question.removeprefix("Is there ").rstrip("?").split(" ")[1:]
+        expected = any(s.colour == colour and s.kind == kind for s in scene.shapes)
+        assert answer == ("Yes." if expected else "No.")
+        yes += expected
+        question, answer = qa["colour"]
+        named = [s for s in scene.shapes if question.endswith(f" {s.kind}?") or question.endswith(f" {s.position}?")]
+        assert len(named) == 1 and answer == f"It is {named[0].colour}."
+        question, answer = qa["where"]
+        (named,) = [s for s in scene.shapes if question == f"Where is the {s.name}?"]
+        assert answer == f"It is {named.position}."
+    assert 0.4 < yes / 300 < 0.6  # balanced
+
+
+def test_positions_follow_the_order_left_to_right():
+    for scene in scenes(200):
+        positions = [s.position for s in scene.shapes]
+        assert positions == {1: ["in the middle"], 2: ["on the left", "on the right"],
+                             3: ["on the left", "in the middle", "on the right"]}[len(scene.shapes)]
+
+
+def test_difference_pairs_include_identical_scenes():
+    rng = random.Random(2)
+    answers = [difference_pair(scene, rng) for scene in scenes(90)]
+    same = [second for second, answer in answers if answer == SAME_ANSWER]
+    assert 15 < len(same) < 45
 
 
 def test_a_difference_changes_exactly_one_shape_and_says_so():
@@ -81,3 +114,8 @@ def test_a_difference_changes_exactly_one_shape_and_says_so():
         assert len(diffs) == 1 and answer.startswith("Yes.")
         old, new = diffs[0]
         assert new.colour in answer or new.kind in answer
+
+
+def test_articles_are_english():
+    scene = Scene((Shape("star", "orange", 0.25, 0.5, 0.1, 0.0), Shape("circle", "red", 0.75, 0.5, 0.1, 0.0)), "plain", 0)
+    assert scene.describe() == "An orange star and a red circle."

@@ -50,13 +50,14 @@ class Scene:
 
     def describe(self) -> str:
         """'A red circle and a blue square.' with the shapes named left to right."""
-        names = [f"a {s.name}" for s in self.shapes]
+        names = [article(s.name) for s in self.shapes]
         text = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
         return text[0].upper() + text[1:] + "."
 
 
-def random_scene(rng: random.Random) -> Scene:
-    count = rng.choice((1, 1, 2, 2, 3))
+def random_scene(rng: random.Random, count: int | None = None) -> Scene:
+    """One to three shapes (one and two twice as often as three), or exactly `count`."""
+    count = count or rng.choice((1, 1, 2, 2, 3))
     colours = rng.sample(list(COLOURS), count)
     shapes = []
     for column, colour in enumerate(colours):
@@ -69,6 +70,16 @@ def random_scene(rng: random.Random) -> Scene:
             rotation=rng.uniform(-12.0, 12.0),
         ))
     return Scene(tuple(shapes), rng.choice(BACKGROUNDS), rng.randrange(1 << 30))
+
+
+def random_image_size(rng: random.Random) -> tuple[int, int]:
+    """(width, height) from thumbnail (40 px) to photo-sized (1400 px), aspect 0.6 to 1.8."""
+    if rng.random() < 0.06:
+        side = rng.uniform(640, 1400)
+    else:
+        side = math.exp(rng.uniform(math.log(40), math.log(640)))
+    aspect = math.exp(rng.uniform(math.log(0.6), math.log(1.8)))
+    return max(24, int(side * math.sqrt(aspect))), max(24, int(side / math.sqrt(aspect)))
 
 
 def _background(scene: Scene, size: tuple[int, int]) -> Image.Image:
@@ -116,21 +127,52 @@ def render(scene: Scene, size: tuple[int, int] = (336, 336), jpeg_quality: int |
     return image
 
 
-def questions(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
-    """(question, answer) pairs about one scene."""
+QUESTION_TYPES = ("describe", "colour", "count", "where", "yesno")
+DESCRIBE_QUESTIONS = ("What's in this image?", "Describe the image.", "What do you see?", "What is in the picture?")
+COMPARE_QUESTIONS = (
+    "Are there any differences between these two images?",
+    "Are there any differences between these images? Describe them.",
+    "What is different between these images?",
+)
+SAME_ANSWER = "No. Both images show the same shapes."
+
+
+def question_set(scene: Scene, rng: random.Random) -> dict[str, tuple[str, str]]:
+    """One (question, answer) pair of each type in QUESTION_TYPES about the scene.
+
+    Yes/no questions are balanced: half name a shape in the scene, half a shape that is not
+    there but shares its colour or kind with one that is (or neither).
+    """
     shape = rng.choice(scene.shapes)
     count = len(scene.shapes)
-    absent_kind = rng.choice(SHAPES)
-    absent_colour = rng.choice(list(COLOURS))
-    present = any(s.kind == absent_kind and s.colour == absent_colour for s in scene.shapes)
-    return [
-        (rng.choice(("What's in this image?", "Describe the image.", "What do you see?")), scene.describe()),
-        (f"What colour is the {shape.kind}?" if sum(s.kind == shape.kind for s in scene.shapes) == 1
-         else f"What colour is the shape {shape.position}?", f"It is {shape.colour}."),
-        ("How many shapes are there?", f"There {'is' if count == 1 else 'are'} {_number(count)}."),
-        (f"Where is the {shape.name}?", f"It is {shape.position}."),
-        (f"Is there a {absent_colour} {absent_kind}?", "Yes." if present else "No."),
-    ]
+    unique_kind = sum(s.kind == shape.kind for s in scene.shapes) == 1
+    present = {(s.colour, s.kind) for s in scene.shapes}
+    if rng.random() < 0.5:
+        asked = rng.choice(sorted(present))
+    else:
+        base = rng.choice(scene.shapes)
+        pick = rng.random()
+        while True:
+            colour = base.colour if pick < 0.35 else rng.choice(list(COLOURS))
+            kind = base.kind if 0.35 <= pick < 0.7 else rng.choice(SHAPES)
+            if (colour, kind) not in present:
+                break
+        asked = (colour, kind)
+    colour_word = rng.choice(("colour", "colour", "color"))
+    return {
+        "describe": (rng.choice(DESCRIBE_QUESTIONS), scene.describe()),
+        "colour": (f"What {colour_word} is the {shape.kind}?" if unique_kind
+                   else f"What {colour_word} is the shape {shape.position}?", f"It is {shape.colour}."),
+        "count": (rng.choice(("How many shapes are there?", "How many shapes are in the image?")),
+                  f"There {'is' if count == 1 else 'are'} {_number(count)}."),
+        "where": (f"Where is the {shape.name}?", f"It is {shape.position}."),
+        "yesno": (f"Is there {article(asked[0])} {asked[1]}?", "Yes." if asked in present else "No."),
+    }
+
+
+def questions(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
+    """(question, answer) pairs about one scene, one of each type."""
+    return list(question_set(scene, rng).values())
 
 
 def different(scene: Scene, rng: random.Random) -> tuple[Scene, str]:
@@ -144,10 +186,23 @@ def different(scene: Scene, rng: random.Random) -> tuple[Scene, str]:
     else:
         kind = rng.choice([k for k in SHAPES if k != old.kind])
         new = replace(old, kind=kind)
-        answer = f"Yes. The {old.colour} {old.kind} became a {old.colour} {kind}."
+        answer = f"Yes. The {old.colour} {old.kind} became {article(old.colour)} {kind}."
     shapes = list(scene.shapes)
     shapes[index] = new
     return replace(scene, shapes=tuple(shapes)), answer
+
+
+def difference_pair(scene: Scene, rng: random.Random, same: float = 1 / 3) -> tuple[Scene, str]:
+    """A second scene for 'Are there any differences ...?' and its answer: the same scene
+    (with probability `same`; it is drawn again, so only the pixels differ) or one change."""
+    if rng.random() < same:
+        return scene, SAME_ANSWER
+    return different(scene, rng)
+
+
+def article(phrase: str) -> str:
+    """'a red circle', 'an orange star'."""
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
 def _number(n: int) -> str:
