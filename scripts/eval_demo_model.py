@@ -75,7 +75,7 @@ def main() -> int:
     right: dict[str, list[bool]] = defaultdict(list)
     errors: dict[str, list[str]] = defaultdict(list)
     for (row, _, _, expected), output in zip(all_cases, outputs):
-        got = output.outputs[0].text.strip()
+        got = output.text.strip()
         right[row].append(got == expected)
         if got != expected:
             errors[row].append(f"expected {expected!r}, got {got!r}")

@@ -73,6 +73,8 @@ async def answer(g: Globals, model: str | None, body: dict, as_json: bool,
         async for event in client.events("POST", "/v1/chat/completions", {**body, "stream": True}):
             for choice in event.get("choices", []):
                 delta = choice.get("delta", {}).get("content")
+                if delta and not text:  # the answer's leading space (LLaVA answers start with one)
+                    delta = delta.lstrip()
                 if delta:
                     text.append(delta)
                     sys.stdout.write(delta)
