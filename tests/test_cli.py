@@ -189,9 +189,15 @@ def test_unreachable_daemon_exits_3(tmp_path):
         assert out.returncode == 3 and len(out.stderr.decode().strip().splitlines()) == 1
 
 
-def test_no_model_configured_is_a_clear_error(tmp_path, images):
-    out = vlmctl(tmp_path, "ask", str(images / "img0.png"), "What?")
-    assert out.returncode == 1 and b"--model" in out.stderr
+def test_no_model_at_all_is_a_clear_error(tmp_path, monkeypatch):
+    """Without --model, a configured model or the bundled one (a build without package data)."""
+    from vlmctl.cli import common
+
+    monkeypatch.setenv("VLMCTL_HOME", str(tmp_path))
+    monkeypatch.setattr(common, "bundled_model", lambda: None)
+    with pytest.raises(common.CommandError, match="--model"):
+        common.resolve_model(common.Globals(), None)
+    assert common.resolve_model(common.Globals(), "some/model") == "some/model"
 
 
 def test_missing_image_is_one_line(home):
