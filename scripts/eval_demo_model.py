@@ -29,7 +29,7 @@ ROW = {"colour": "colour of a named shape", "count": "count", "where": "position
 
 
 def image(scene: shapes.Scene, rng: random.Random):
-    return shapes.render(scene, shapes.random_image_size(rng), rng.choice((None, None, 90, 70, 50, 35)))
+    return shapes.render(scene, shapes.random_image_size(rng), shapes.random_jpeg_quality(rng))
 
 
 def cases(per_type: int, seed: int) -> list[tuple[str, str, list, str]]:

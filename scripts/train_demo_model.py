@@ -65,8 +65,8 @@ def labels(scene: shapes.Scene, size: tuple[int, int], shape: recipe.Shape) -> n
     mask = Image.new("L", (side, side), 0)
     draw = ImageDraw.Draw(mask)
     for index, item in enumerate(scene.shapes):
-        outline = shapes._outline(item, *size)
-        draw.polygon([(x * side / size[0], y * side / size[1]) for x, y in outline], fill=index + 1)
+        points = shapes.outline(item, *size)
+        draw.polygon([(x * side / size[0], y * side / size[1]) for x, y in points], fill=index + 1)
     cells = np.asarray(mask).reshape(grid, side // grid, grid, side // grid).transpose(0, 2, 1, 3).reshape(
         grid * grid, -1)
     out = np.zeros((grid * grid, 3), dtype=np.int64)
@@ -95,8 +95,7 @@ def _render_one(args) -> tuple[np.ndarray, tuple[int, int]]:
         _PROCESSOR = AutoImageProcessor.from_pretrained(out_dir)
     rng = random.Random(seed)
     size = shapes.random_image_size(rng)
-    quality = rng.choice((None, None, 90, 70, 50, 35))
-    image = shapes.render(scene, size, quality)
+    image = shapes.render(scene, size, shapes.random_jpeg_quality(rng))
     pixels = _PROCESSOR(images=[image], return_tensors="np")["pixel_values"][0].astype(np.float16)
     return pixels, size
 
@@ -117,7 +116,6 @@ class Data:
                     second = shapes.Scene(scene.shapes, scene.background, rng.randrange(1 << 30))
                 self.pairs.append((index, len(jobs), answer))
                 jobs.append((second, rng.randrange(1 << 30), str(out_dir)))
-        self.image_scene = list(self.scenes) + [job[0] for job in jobs[count:]]
         started = time.time()
         key = f"{count}-{seed}-{pair_fraction}-{shape.image_size}"
         if cache.is_file() and (saved := torch.load(cache))["key"] == key:
@@ -155,16 +153,17 @@ class VisionHeads(torch.nn.Module):
         losses = [F.cross_entropy(x.flatten(0, 1), target[..., i].flatten(), ignore_index=-1)
                   for i, x in enumerate((kind, colour, rank))]
         slot = slice(0, SLOTS)
+        # Patches a shape covers (past the slot and count tokens): their kinds and logits.
+        covered = target[:, SLOTS + 1:, 0] > 0
+        covered_kind, covered_logits = target[:, SLOTS + 1:, 0][covered], kind[:, SLOTS + 1:][covered]
         with torch.no_grad():
             slot_ok = ((kind[:, slot].argmax(-1) == target[:, slot, 0]) &
                        (colour[:, slot].argmax(-1) == target[:, slot, 1])).all(-1).float().mean().item()
             count_ok = (rank[:, COUNT_TOKEN].argmax(-1) == target[:, COUNT_TOKEN, 2]).float().mean().item()
-            dense = target[:, SLOTS + 1:, 0] > 0
-            dense_ok = ((kind[:, SLOTS + 1:].argmax(-1) == target[:, SLOTS + 1:, 0])[dense].float().mean().item())
+            dense_ok = (covered_logits.argmax(-1) == covered_kind).float().mean().item()
         slot_loss = (F.cross_entropy(kind[:, slot].flatten(0, 1), target[:, slot, 0].flatten())
                      + F.cross_entropy(colour[:, slot].flatten(0, 1), target[:, slot, 1].flatten()))
-        fg = target[:, SLOTS + 1:, 0] > 0
-        fg_kind = F.cross_entropy(kind[:, SLOTS + 1:][fg], target[:, SLOTS + 1:, 0][fg]) if fg.any() else 0.0
+        fg_kind = F.cross_entropy(covered_logits, covered_kind) if covered.any() else 0.0
         total = sum(losses) + 2.0 * slot_loss + self.kind_weight * fg_kind
         return total, {"slots": slot_ok, "count": count_ok, "patch_kind": dense_ok}
 
@@ -288,17 +287,11 @@ def language_loss(model, conv: Conversations, batch: int, features_of) -> tuple[
         ids[b, : len(row)] = torch.tensor(row)
         loss_mask[b, : len(row)] = torch.tensor(m, dtype=torch.bool)
         attention[b, : len(row)] = 1
-    embeds = model.model.language_model.embed_tokens(ids)
-    k = 0
-    parts = []
+    embeds = model.model.language_model.embed_tokens(ids).clone()
+    image = iter(features)  # in the order the samples listed their images
     for b, where in enumerate(image_rows):
         for start in where:
-            parts.append((b, start, k))
-            k += 1
-    if parts:
-        embeds = embeds.clone()
-        for b, start, k in parts:
-            embeds[b, start: start + shape.image_tokens] = features[k]
+            embeds[b, start: start + shape.image_tokens] = next(image)
     hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=attention).last_hidden_state
     # predict token t+1 from position t; the loss is on answer tokens (and their </s>)
     target_mask = loss_mask[:, 1:]
@@ -316,7 +309,7 @@ def train_language(model, conv: Conversations, steps: int, batch: int, lr: float
     started = time.time()
     for step in range(steps):
         for group in opt.param_groups:
-            group["lr"] = group.get("base_lr", lr) * schedule(step, steps, 150)
+            group["lr"] = lr * schedule(step, steps, 150)
         loss, accuracy = language_loss(model, conv, batch, features_of)
         if extra_loss is not None:
             loss = loss + extra_loss()

@@ -82,6 +82,11 @@ def random_image_size(rng: random.Random) -> tuple[int, int]:
     return max(24, int(side * math.sqrt(aspect))), max(24, int(side / math.sqrt(aspect)))
 
 
+def random_jpeg_quality(rng: random.Random) -> int | None:
+    """None (no JPEG round trip) a third of the time, else a quality from 35 to 90."""
+    return rng.choice((None, None, 90, 70, 50, 35))
+
+
 def _background(scene: Scene, size: tuple[int, int]) -> Image.Image:
     rng = random.Random(scene.background_seed)
     base = tuple(rng.randint(205, 250) for _ in range(3))
@@ -95,7 +100,7 @@ def _background(scene: Scene, size: tuple[int, int]) -> Image.Image:
     return Image.blend(Image.new("RGB", size, base), noise, 0.25)
 
 
-def _outline(shape: Shape, width: int, height: int) -> list[tuple[float, float]]:
+def outline(shape: Shape, width: int, height: int) -> list[tuple[float, float]]:
     cx, cy, r = shape.x * width, shape.y * height, shape.size * min(width, height)
     if shape.kind == "square":
         corners, radius = [45 + 90 * i for i in range(4)], [r * math.sqrt(2) * 0.8] * 4
@@ -117,7 +122,7 @@ def render(scene: Scene, size: tuple[int, int] = (336, 336), jpeg_quality: int |
     image = _background(scene, size)
     draw = ImageDraw.Draw(image)
     for shape in scene.shapes:
-        draw.polygon(_outline(shape, *size), fill=COLOURS[shape.colour])
+        draw.polygon(outline(shape, *size), fill=COLOURS[shape.colour])
     if min(size) >= 96:
         image = image.filter(ImageFilter.GaussianBlur(0.6))
     if jpeg_quality is not None:

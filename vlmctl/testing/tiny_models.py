@@ -48,8 +48,9 @@ def _sentences(count: int, seed: int = 0) -> list[str]:
     return out
 
 
-def build_tokenizer(vocab_size: int = 400):
-    """A byte-level BPE tokenizer with BOS/EOS and the image token as specials."""
+def train_bpe_tokenizer(lines: list[str], vocab_size: int, chat_template: str, **options):
+    """A byte-level BPE tokenizer trained on `lines`, with <s>/</s>/<unk>/<pad> and the image
+    token as specials, BOS added to every encoding. `options` go to PreTrainedTokenizerFast."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -60,17 +61,22 @@ def build_tokenizer(vocab_size: int = 400):
         vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
-    tok.train_from_iterator(_sentences(2000), trainer)
+    tok.train_from_iterator(lines, trainer)
     bos = tok.token_to_id("<s>")
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
     )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
-        extra_special_tokens={"image_token": IMAGE_TOKEN},
+        extra_special_tokens={"image_token": IMAGE_TOKEN}, **options,
     )
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = chat_template
     return tokenizer
+
+
+def build_tokenizer(vocab_size: int = 400):
+    """The tiny checkpoints' tokenizer, trained on random sentences about shapes."""
+    return train_bpe_tokenizer(_sentences(2000), vocab_size, CHAT_TEMPLATE)
 
 
 @dataclass(frozen=True)
