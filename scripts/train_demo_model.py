@@ -17,9 +17,16 @@ Everything is seeded; on 2 CPU cores the default schedule takes about 95 minutes
    adds weight to it.
 3. Language stage (2,000 steps of 48 conversations). Vision tower frozen (its features
    computed once); projector and Llama language model learn the answers, in conversations of
-   one to three questions in shuffled order, a fifth of them about two images.
-4. Joint stage (150 steps of 24). Everything trains together at a lower rate, the auxiliary
-   vision losses kept so the slots stay put.
+   one to four questions in shuffled order, a quarter of them about two images. Two
+   scaffolding losses help the language model find the shape a question names. Grounding:
+   every image token that carries a shape predicts that shape's colour, kind and position
+   words through the tied word embedding, at the projector's output and at the last layer,
+   so "triangle" in a question and the triangle's image tokens share a direction. Attention
+   supervision (--attend-weight): while an answer is written, one head in each of layers 1
+   and 2 is taught to look at the image tokens of the shape the question names (for the
+   difference question, the shape that changed, in both images).
+4. Joint stage (--joint-steps, none by default). Everything trains together at a lower rate,
+   the auxiliary vision losses kept so the slots stay put.
 
 The heads are training scaffolding and are not saved: the result is a plain
 LlavaForConditionalGeneration checkpoint with its tokenizer, processor and chat template.
@@ -127,6 +134,7 @@ class Data:
             sizes = [r[1] for r in results]
             torch.save({"key": key, "pixels": self.pixels, "sizes": sizes}, cache)
         self.labels = torch.from_numpy(np.stack([labels(job[0], size, shape) for job, size in zip(jobs, sizes)]))
+        self.image_scenes = [job[0] for job in jobs]
         # The last `held` scenes and their second images are never trained on.
         self.held_scenes = list(range(count - held, count))
         held_images = set(self.held_scenes) | {b for a, b, _ in self.pairs if a >= count - held}
@@ -220,32 +228,39 @@ def evaluate_vision(model, heads: VisionHeads, data: Data) -> dict[str, float]:
 class Conversations:
     """Token ids with loss masks for conversations about the data's images."""
 
-    def __init__(self, data: Data, tokenizer, shape: recipe.Shape, seed: int) -> None:
-        self.data, self.tokenizer, self.shape = data, tokenizer, shape
+    def __init__(self, data: Data, tokenizer, shape: recipe.Shape, seed: int, pair_weight: float = 0.25) -> None:
+        self.data, self.tokenizer, self.shape, self.pair_weight = data, tokenizer, shape, pair_weight
         self.rng = random.Random(seed)
         self.image_id = tokenizer.convert_tokens_to_ids(recipe.IMAGE_TOKEN)
         held = set(data.held_scenes)
         self.singles = [i for i in range(len(data.scenes)) if i not in held]
         self.pairs = [p for p in data.pairs if p[0] not in held]
 
-    def sample(self, pair_weight: float = 0.2) -> tuple[list[int], list[int], list[int]]:
-        """(ids with one image token per image, loss mask, image indices)."""
+    def sample(self) -> tuple[list[int], list[int], list[int], list[list[tuple[int, int]]]]:
+        """(ids with one image token per image, answer number per token (0: not an answer),
+        image indices, and per answer the (image, rank) of the shapes its question names)."""
         rng = self.rng
-        if self.pairs and rng.random() < pair_weight:
+        if self.pairs and rng.random() < self.pair_weight:
             a, b, answer = rng.choice(self.pairs)
             qa = [(rng.choice(shapes.COMPARE_QUESTIONS), answer)]
+            first, second = self.data.image_scenes[a].shapes, self.data.image_scenes[b].shapes
+            changed = [r for r, (x, y) in enumerate(zip(first, second), 1) if x != y]
+            named = [[(0, r) for r in changed] + [(1, r) for r in changed]]
             if rng.random() < 0.3:  # a follow-up about the first image
                 qa.append(("How many shapes are there?", shapes.question_set(self.data.scenes[a], rng)["count"][1]))
+                named.append([])
             images = [a, b]
         else:
             index = rng.choice(self.singles)
-            asked = shapes.question_set(self.data.scenes[index], rng)
+            scene = self.data.scenes[index]
+            asked = shapes.question_set(scene, rng)
             # Weighted toward the questions that need finding a named shape.
-            kinds = rng.choices(shapes.QUESTION_TYPES, weights=(1.2, 1.5, 0.6, 1.3, 1.5), k=3)
-            kinds = list(dict.fromkeys(kinds))[: rng.choice((1, 1, 2, 3))]
+            kinds = rng.choices(shapes.QUESTION_TYPES, weights=(1.0, 1.6, 0.5, 1.5, 1.6), k=4)
+            kinds = list(dict.fromkeys(kinds))[: rng.choice((1, 1, 2, 3, 4))]
             qa = [asked[k] for k in kinds]
+            named = [[(0, r)] if (r := named_shape(scene, k, asked[k][0])) else [] for k in kinds]
             images = [index]
-        return *self.encode(qa, len(images)), images
+        return *self.encode(qa, len(images)), images, named
 
     def encode(self, qa: list[tuple[str, str]], num_images: int) -> tuple[list[int], list[int]]:
         text = recipe.prompt(qa, num_images)
@@ -255,62 +270,160 @@ class Conversations:
             start = text.index(" " + answer + "</s>", cursor)
             cursor = start + len(answer) + 5
             spans.append((start, cursor))
-        mask = [int(any(s <= a and b <= e for s, e in spans) and b > a) for a, b in enc.offset_mapping]
+        mask = [next((q + 1 for q, (s, e) in enumerate(spans) if s <= a and b <= e and b > a), 0)
+                for a, b in enc.offset_mapping]
         return list(enc.input_ids), mask
 
 
-def language_loss(model, conv: Conversations, batch: int, features_of) -> tuple[torch.Tensor, float]:
-    """Next-token loss on answer tokens; features_of(image indices) -> [N, P, H] vision features."""
-    shape = conv.shape
+def named_shape(scene: shapes.Scene, kind: str, question: str) -> int | None:
+    """Rank (1 = leftmost) of the shape a question of this kind names, if it is in the scene."""
+    for rank, item in enumerate(scene.shapes, 1):
+        if kind == "colour" and (question.endswith(f"shape {item.position}?") or (
+                question.endswith(f" {item.kind}?") and sum(s.kind == item.kind for s in scene.shapes) == 1)):
+            return rank
+        if kind in ("where", "yesno") and question.endswith(f" {item.name}?"):
+            return rank
+    return None
+
+
+class Grounding(torch.nn.Module):
+    """Language-stage scaffolding that ties image tokens to words.
+
+    Every image token that carries a shape (the three slots, and the patches a shape covers)
+    learns to predict, through the tied word embedding, that shape's colour, kind and
+    position words: at the projector's output (what the language model's first layer reads)
+    and at the language model's last layer. The image tokens of the red triangle then lie
+    near the words "red" and "triangle", so a question's words can find them by attention.
+    """
+
+    def __init__(self, data: Data, tokenizer, shape: recipe.Shape) -> None:
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(shape.text_hidden)
+
+        def word(text: str) -> int:
+            ids = tokenizer(" " + text, add_special_tokens=False).input_ids
+            if len(ids) != 1:
+                raise ValueError(f"{text!r} is not one token")
+            return ids[0]
+
+        words = {w: word(w) for w in (*shapes.COLOURS, *shapes.SHAPES, "left", "middle", "right")}
+        # Per image, the words of its shape of rank r (1 to 3, left to right); row 0 is none.
+        per_shape = torch.full((len(data.image_scenes), SLOTS + 1, 3), -1)
+        for i, scene in enumerate(data.image_scenes):
+            for r, item in enumerate(scene.shapes, 1):
+                per_shape[i, r] = torch.tensor(
+                    [words[item.colour], words[item.kind], words[item.position.split()[-1]]])
+        rank = data.labels[..., 2].clone()  # patches: rank of the covering shape, 0 for none
+        rank[:, COUNT_TOKEN] = 0  # the count token carries the count, not a shape
+        count = torch.tensor([len(scene.shapes) for scene in data.image_scenes])
+        for k in range(SLOTS):
+            rank[:, k] = torch.where(k < count, k + 1, 0)
+        self.rank = rank  # [N, P]: which shape (1 to 3) each image token carries, 0 for none
+        self.targets = torch.gather(per_shape, 1, rank[..., None].expand(-1, -1, 3))  # [N, P, 3]
+
+    def loss(self, logits: torch.Tensor, images: list[int]) -> torch.Tensor:
+        """logits: [N, P, V] at the image tokens of `images`."""
+        target = self.targets[images]
+        keep = target[..., 0] >= 0
+        logits, target = logits[keep], target[keep]
+        return sum(F.cross_entropy(logits, target[:, j]) for j in range(3)) / 3
+
+
+ATTEND = ((1, 0), (2, 0))  # (layer, head) pairs the attention supervision steers
+
+
+def language_loss(model, conv: Conversations, batch: int, features_of, grounding: Grounding | None = None,
+                  attend_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """Next-token loss on answer tokens, plus the grounding loss if given, plus (with
+    attend_weight) attention supervision: while an answer is written, heads ATTEND look at
+    the image tokens of the shape its question names (the one that changed, for the
+    difference question). features_of(image indices) -> [N, P, H] vision features."""
+    P = conv.shape.image_tokens
     samples = [conv.sample() for _ in range(batch)]
     image_list = [i for s in samples for i in s[2]]
     features = model.model.multi_modal_projector(features_of(image_list))
-    rows, masks, image_rows = [], [], []
-    for ids, mask, _ in samples:
-        row, row_mask, where = [], [], []
-        for t, m in zip(ids, mask):
+    rows, answers, image_rows = [], [], []
+    for sample_ids, sample_answers, _, _ in samples:
+        row, row_answer, where = [], [], []
+        for t, q in zip(sample_ids, sample_answers):
             if t == conv.image_id:
                 where.append(len(row))
-                row += [0] * shape.image_tokens
-                row_mask += [0] * shape.image_tokens
+                row += [0] * P
+                row_answer += [0] * P
             else:
                 row.append(t)
-                row_mask.append(m)
+                row_answer.append(q)
         rows.append(row)
-        masks.append(row_mask)
+        answers.append(row_answer)
         image_rows.append(where)
     length = max(len(r) for r in rows)
     ids = torch.full((batch, length), conv.tokenizer.pad_token_id)
-    loss_mask = torch.zeros(batch, length, dtype=torch.bool)
+    answer_of = torch.zeros(batch, length, dtype=torch.long)
     attention = torch.zeros(batch, length, dtype=torch.long)
-    for b, (row, m) in enumerate(zip(rows, masks)):
+    for b, (row, q) in enumerate(zip(rows, answers)):
         ids[b, : len(row)] = torch.tensor(row)
-        loss_mask[b, : len(row)] = torch.tensor(m, dtype=torch.bool)
+        answer_of[b, : len(row)] = torch.tensor(q)
         attention[b, : len(row)] = 1
     embeds = model.model.language_model.embed_tokens(ids).clone()
     image = iter(features)  # in the order the samples listed their images
     for b, where in enumerate(image_rows):
         for start in where:
-            embeds[b, start: start + shape.image_tokens] = next(image)
-    hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=attention).last_hidden_state
+            embeds[b, start: start + P] = next(image)
+    out = model.model.language_model(inputs_embeds=embeds, attention_mask=attention,
+                                     output_attentions=attend_weight > 0)
+    hidden = out.last_hidden_state
     # predict token t+1 from position t; the loss is on answer tokens (and their </s>)
-    target_mask = loss_mask[:, 1:]
+    target_mask = answer_of[:, 1:] > 0
     logits = model.lm_head(hidden[:, :-1][target_mask])
     targets = ids[:, 1:][target_mask]
     loss = F.cross_entropy(logits, targets)
+    stats = {}
     with torch.no_grad():
-        accuracy = (logits.argmax(-1) == targets).float().mean().item()
-    return loss, accuracy
+        stats["token_acc"] = (logits.argmax(-1) == targets).float().mean().item()
+    if grounding is not None:
+        embedding = model.model.language_model.embed_tokens.weight
+        last = torch.stack([hidden[b, start: start + P] for b, where in enumerate(image_rows) for start in where])
+        ground_loss = (grounding.loss(F.linear(grounding.norm(features), embedding), image_list)
+                       + grounding.loss(model.lm_head(last), image_list))
+        loss = loss + 0.5 * ground_loss
+        stats["grounding"] = ground_loss.item()
+    if attend_weight > 0:
+        where_b, where_t, sets = [], [], []
+        for b, (_, _, images, named) in enumerate(samples):
+            for t in range(length - 1):
+                q = int(answer_of[b, t + 1])
+                if q == 0 or not named[q - 1]:
+                    continue
+                target = torch.zeros(length, dtype=torch.bool)
+                for j, rank in named[q - 1]:
+                    start = image_rows[b][j]
+                    target[start: start + P] = grounding.rank[images[j]] == rank
+                where_b.append(b)
+                where_t.append(t)
+                sets.append(target)
+        if sets:
+            sets = torch.stack(sets)
+            attend = 0.0
+            for layer, head in ATTEND:
+                weights = out.attentions[layer][where_b, head, where_t]  # [M, T]
+                mass = (weights * sets).sum(-1)
+                attend = attend + -torch.log(mass + 1e-4).mean()
+                stats[f"attend{layer}"] = mass.mean().item()
+            loss = loss + attend_weight * attend / len(ATTEND)
+    return loss, stats
 
 
 def train_language(model, conv: Conversations, steps: int, batch: int, lr: float, features_of, params,
-                   name: str, extra_loss=None, held_out=None) -> None:
+                   name: str, extra_loss=None, held_out=None, grounding: Grounding | None = None,
+                   check_every: int = 500, attend_weight: float = 0.0) -> None:
+    if grounding is not None:
+        params = params + list(grounding.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     started = time.time()
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = lr * schedule(step, steps, 150)
-        loss, accuracy = language_loss(model, conv, batch, features_of)
+        loss, stats = language_loss(model, conv, batch, features_of, grounding, attend_weight)
         if extra_loss is not None:
             loss = loss + extra_loss()
         opt.zero_grad(set_to_none=True)
@@ -318,38 +431,45 @@ def train_language(model, conv: Conversations, steps: int, batch: int, lr: float
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         if step % 100 == 0 or step == steps - 1:
-            extra = held_out() if held_out is not None and (step % 1000 == 0 and step > 0 or step == steps - 1) else ""
-            log(f"{name} {step}/{steps} loss {loss.item():.3f} token acc {accuracy:.3f} "
-                f"{(time.time() - started) / (step + 1):.2f} s/step {extra}")
+            check = held_out is not None and (step % check_every == 0 and step > 0 or step == steps - 1)
+            shown = " ".join(f"{k} {v:.3f}" for k, v in stats.items())
+            log(f"{name} {step}/{steps} loss {loss.item():.3f} {shown} "
+                f"{(time.time() - started) / (step + 1):.2f} s/step {held_out() if check else ''}")
 
 
 @torch.no_grad()
 def greedy_check(model, tokenizer, data: Data, features_of, count: int = 100) -> str:
-    """Exact match of greedy answers on held-out images, by question type (a quick proxy for
-    the engine evaluation in scripts/eval_demo_model.py)."""
+    """Exact match of greedy answers on held-out images, by question type, and on held-out
+    pairs for the difference question (a quick proxy for scripts/eval_demo_model.py)."""
     model.eval()
     rng = random.Random(7)
-    held = data.held_scenes[:count]
-    right: dict[str, list[int]] = {k: [] for k in shapes.QUESTION_TYPES}
     image_id = tokenizer.convert_tokens_to_ids(recipe.IMAGE_TOKEN)
-    for index in held:
-        feats = model.model.multi_modal_projector(features_of([index]))[0]
-        for kind, (question, answer) in shapes.question_set(data.scenes[index], rng).items():
-            ids = tokenizer(recipe.prompt([(question, None)], 1)).input_ids
-            at = ids.index(image_id)
-            embeds = model.model.language_model.embed_tokens(torch.tensor(ids))
-            embeds = torch.cat([embeds[:at], feats, embeds[at + 1:]])[None]
-            out = []
-            for _ in range(24):
-                hidden = model.model.language_model(inputs_embeds=embeds).last_hidden_state
-                token = int(model.lm_head(hidden[0, -1]).argmax())
-                if token == tokenizer.eos_token_id:
-                    break
-                out.append(token)
-                embeds = torch.cat([embeds, model.model.language_model.embed_tokens(torch.tensor([[token]]))], 1)
-            right[kind].append(int(tokenizer.decode(out).strip() == answer))
+
+    def answer(question: str, images: list[int]) -> str:
+        feats = iter(model.model.multi_modal_projector(features_of(images)))
+        ids = tokenizer(recipe.prompt([(question, None)], len(images))).input_ids
+        parts = [next(feats) if t == image_id else model.model.language_model.embed_tokens(torch.tensor([t]))
+                 for t in ids]
+        embeds = torch.cat(parts)[None]
+        out = []
+        for _ in range(24):
+            hidden = model.model.language_model(inputs_embeds=embeds).last_hidden_state
+            token = int(model.lm_head(hidden[0, -1]).argmax())
+            if token == tokenizer.eos_token_id:
+                break
+            out.append(token)
+            embeds = torch.cat([embeds, model.model.language_model.embed_tokens(torch.tensor([[token]]))], 1)
+        return tokenizer.decode(out).strip()
+
+    right: dict[str, list[int]] = {k: [] for k in (*shapes.QUESTION_TYPES, "differ")}
+    for index in data.held_scenes[:count]:
+        for kind, (question, expected) in shapes.question_set(data.scenes[index], rng).items():
+            right[kind].append(int(answer(question, [index]) == expected))
+    held = set(data.held_scenes)
+    for a, b, expected in [p for p in data.pairs if p[0] in held][:count]:
+        right["differ"].append(int(answer(shapes.COMPARE_QUESTIONS[0], [a, b]) == expected))
     model.train()
-    return "greedy " + " ".join(f"{k} {sum(v) / len(v):.2f}" for k, v in right.items())
+    return "greedy " + " ".join(f"{k} {sum(v) / max(1, len(v)):.2f}" for k, v in right.items())
 
 
 # --- main ---------------------------------------------------------------------------------
@@ -371,9 +491,19 @@ def main() -> int:
     parser.add_argument("--restart-kind-weight", type=float, default=1.0,
                         help="extra loss on shape kind where a shape is, in the second vision cycle")
     parser.add_argument("--images", type=Path, help="rendered-image cache (default: WORK/images.pt)")
+    parser.add_argument("--check-every", type=int, default=500, help="steps between held-out greedy checks")
     parser.add_argument("--stop-after", choices=("vision", "language"), help="end after this stage (experiments)")
-    parser.add_argument("--resume", choices=("vision1", "vision2", "language"),
+    parser.add_argument("--resume", choices=("vision1", "vision2", "language", "language2"),
                         help="start after this stage's checkpoint (in --work)")
+    parser.add_argument("--vision-from", type=Path,
+                        help="take the trained vision tower from this saved model and skip the vision stages")
+    parser.add_argument("--no-grounding", action="store_true", help="language stage without the grounding loss")
+    parser.add_argument("--language-restart-steps", type=int, default=1500,
+                        help="steps of the language stage's second cycle (with attention supervision)")
+    parser.add_argument("--attend-weight", type=float, default=1.0,
+                        help="weight of the attention supervision in the second language cycle (0: none)")
+    parser.add_argument("--pair-weight", type=float, default=0.25,
+                        help="fraction of conversations about two images (the difference question)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -395,12 +525,18 @@ def main() -> int:
 
     data = Data(args.scenes, args.seed + 1, args.out, shape, args.images or args.work / "images.pt")
     heads = VisionHeads(shape.vision_hidden)
-    stages = ("vision1", "vision2", "language")
+    stages = ("vision1", "vision2", "language", "language2")
     done = stages.index(args.resume) + 1 if args.resume else 0
     if args.resume:
         state = torch.load(args.work / f"{args.resume}.pt")
         model.load_state_dict(state["model"])
         heads.load_state_dict(state["heads"])
+    elif args.vision_from:
+        trained = LlavaForConditionalGeneration.from_pretrained(args.vision_from)
+        model.model.vision_tower.load_state_dict(trained.model.vision_tower.state_dict())
+        del trained
+        done = 2
+        log(f"vision tower from {args.vision_from}")
     if done < 1:
         train_vision(model, heads, data, args.vision_steps, 64, args.vision_lr, args.seed)
         torch.save({"model": model.state_dict(), "heads": heads.state_dict()}, args.work / "vision1.pt")
@@ -412,8 +548,11 @@ def main() -> int:
     if args.stop_after == "vision":
         return 0
 
-    conv = Conversations(data, tokenizer, shape, args.seed + 2)
-    if done < 3:
+    conv = Conversations(data, tokenizer, shape, args.seed + 2, args.pair_weight)
+    if args.no_grounding and args.attend_weight > 0:
+        parser.error("--attend-weight needs the grounding (it finds a shape's image tokens through it)")
+    grounding = None if args.no_grounding else Grounding(data, tokenizer, shape)
+    if done < 4:
         model.model.vision_tower.eval()
         with torch.no_grad():
             cached = torch.cat([patch_features(model, data.pixels[i: i + 256].float())
@@ -425,12 +564,22 @@ def main() -> int:
 
         params = (list(model.model.multi_modal_projector.parameters())
                   + list(model.model.language_model.parameters()))
-        train_language(model, conv, args.language_steps, args.batch, 1.5e-3, cached_features, params, "language",
-                       held_out=lambda: greedy_check(model, tokenizer, data, cached_features, 30))
-        torch.save({"model": model.state_dict(), "heads": heads.state_dict()}, args.work / "language.pt")
+        if done < 3:
+            train_language(model, conv, args.language_steps, args.batch, 1.5e-3, cached_features, params,
+                           "language", held_out=lambda: greedy_check(model, tokenizer, data, cached_features, 40),
+                           grounding=grounding, check_every=args.check_every)
+            torch.save({"model": model.state_dict(), "heads": heads.state_dict()}, args.work / "language.pt")
+            if args.stop_after == "language":
+                return 0
+        # A warm restart that also steers two heads to the shape each question names.
+        if args.attend_weight > 0:
+            model.set_attn_implementation("eager")  # attention weights are only returned by eager
+        train_language(model, conv, args.language_restart_steps, args.batch, 1e-3, cached_features, params,
+                       "language2", held_out=lambda: greedy_check(model, tokenizer, data, cached_features, 40),
+                       grounding=grounding, check_every=args.check_every, attend_weight=args.attend_weight)
+        model.set_attn_implementation("sdpa")
+        torch.save({"model": model.state_dict(), "heads": heads.state_dict()}, args.work / "language2.pt")
         del cached
-        if args.stop_after == "language":
-            return 0
 
     # Joint: the vision tower learns too, its auxiliary losses kept so the slots stay put.
     model.train()
