@@ -2,7 +2,7 @@
 
     python scripts/train_demo_model.py --out vlmctl/models/default
 
-Everything is seeded; on 2 CPU cores the default schedule takes about 95 minutes. The recipe:
+Everything is seeded; on 2 CPU cores the default schedule takes about two hours. The recipe:
 
 1. Data. 36,000 scenes from vlmctl.demo.shapes rendered at sizes from 40 px to photo-sized
    (some as JPEG), squashed to 96 x 96 by the model's own image processor. A third of the
@@ -15,16 +15,17 @@ Everything is seeded; on 2 CPU cores the default schedule takes about 95 minutes
    the left ("slots"), the fourth the count. The slots give the language model a fixed place
    to read each shape from. Shape kind is learned last, so the second cycle (a warm restart)
    adds weight to it.
-3. Language stage (2,000 steps of 48 conversations). Vision tower frozen (its features
-   computed once); projector and Llama language model learn the answers, in conversations of
-   one to four questions in shuffled order, a quarter of them about two images. Two
-   scaffolding losses help the language model find the shape a question names. Grounding:
-   every image token that carries a shape predicts that shape's colour, kind and position
-   words through the tied word embedding, at the projector's output and at the last layer,
-   so "triangle" in a question and the triangle's image tokens share a direction. Attention
-   supervision (--attend-weight): while an answer is written, one head in each of layers 1
-   and 2 is taught to look at the image tokens of the shape the question names (for the
-   difference question, the shape that changed, in both images).
+3. Language stage, two cycles (2,000 steps of 48 conversations, then a warm restart of
+   1,500). Vision tower frozen (its features computed once); projector and Llama language
+   model learn the answers, in conversations of one to four questions in shuffled order, a
+   quarter of them about two images. Two scaffolding losses help the language model find
+   the shape a question names. Grounding (both cycles): every image token that carries a
+   shape predicts that shape's colour, kind and position words through the tied word
+   embedding, at the projector's output and at the last layer, so "triangle" in a question
+   and the triangle's image tokens share a direction. Attention supervision (second cycle,
+   --attend-weight): while an answer is written, one head in each of layers 1 and 2 is
+   taught to look at the image tokens of the shape the question names (for the difference
+   question, the shape that changed, in both images).
 4. Joint stage (--joint-steps, none by default). Everything trains together at a lower rate,
    the auxiliary vision losses kept so the slots stay put.
 
