@@ -391,17 +391,17 @@ def language_loss(model, conv: Conversations, batch: int, features_of, grounding
     if attend_weight > 0:
         where_b, where_t, sets = [], [], []
         for b, (_, _, images, named) in enumerate(samples):
-            for t in range(length - 1):
-                q = int(answer_of[b, t + 1])
-                if q == 0 or not named[q - 1]:
+            for q, shapes_named in enumerate(named, 1):
+                if not shapes_named:
                     continue
-                target = torch.zeros(length, dtype=torch.bool)
-                for j, rank in named[q - 1]:
+                target = torch.zeros(length, dtype=torch.bool)  # the named shape's image tokens
+                for j, rank in shapes_named:
                     start = image_rows[b][j]
                     target[start: start + P] = grounding.rank[images[j]] == rank
-                where_b.append(b)
-                where_t.append(t)
-                sets.append(target)
+                writing = (answer_of[b, 1:] == q).nonzero().flatten().tolist()  # positions writing answer q
+                where_b += [b] * len(writing)
+                where_t += writing
+                sets += [target] * len(writing)
         if sets:
             sets = torch.stack(sets)
             attend = 0.0
